@@ -1,0 +1,5 @@
+import sys
+
+from realnvp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""The bijection interface and its composition.
+
+Every bijection maps data to latent in ``forward`` (the paper's f) and back in ``inverse``
+(f^-1); both return the transformed tensor and ``log|det J|`` of the map they applied, one value
+per batch element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import Tensor, nn
+
+
+def sum_except_batch(x: Tensor) -> Tensor:
+    """Sum over every dimension but the first: (B, ...) -> (B,)."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+class Bijection(nn.Module):
+    """An invertible map with a tractable Jacobian determinant.
+
+    Subclasses implement both directions side by side:
+
+    - ``forward(x) -> (z, log_det)`` with ``log_det = log|det dz/dx|``, shape ``(batch,)``;
+    - ``inverse(z) -> (x, log_det)`` with ``log_det = log|det dx/dz|``, shape ``(batch,)``.
+
+    So ``forward(x)[1] == -inverse(forward(x)[0])[1]`` up to rounding.
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Inverse(Bijection):
+    """Swap the two directions of a bijection: ``Inverse(b).forward == b.inverse``."""
+
+    def __init__(self, bijection: Bijection):
+        super().__init__()
+        self.bijection = bijection
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.bijection.inverse(x)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.bijection(z)
+
+
+class Compose(Bijection):
+    """Bijections applied in order: forward runs them first to last, inverse last to first.
+
+    The log-determinants add, by the chain rule.
+
+    Example:
+        >>> from realnvp.bijections import Compose, Permutation
+        >>> f = Compose([Permutation(torch.tensor([1, 0])), Permutation(torch.tensor([1, 0]))])
+        >>> z, log_det = f(torch.tensor([[1.0, 2.0]]))
+        >>> z.tolist(), log_det.tolist()
+        ([[1.0, 2.0]], [0.0])
+    """
+
+    def __init__(self, bijections: Iterable[Bijection]):
+        super().__init__()
+        self.layers = nn.ModuleList(bijections)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> Bijection:
+        return self.layers[index]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        log_det = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, ld = layer(x)
+            log_det = log_det + ld
+        return x, log_det
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        log_det = z.new_zeros(z.shape[0])
+        for layer in reversed(self.layers):
+            z, ld = layer.inverse(z)
+            log_det = log_det + ld
+        return z, log_det
+
+    def trajectory(self, x: Tensor) -> list[Tensor]:
+        """Every intermediate of the forward pass: ``[x, f_1(x), f_2(f_1(x)), ..., z]``."""
+        out = [x]
+        for layer in self.layers:
+            x, _ = layer(x)
+            out.append(x)
+        return out
+
+    def inverse_trajectory(self, z: Tensor) -> list[Tensor]:
+        """Every intermediate of the inverse pass: ``[z, f_K^-1(z), ..., x]``."""
+        out = [z]
+        for layer in reversed(self.layers):
+            z, _ = layer.inverse(z)
+            out.append(z)
+        return out

@@ -1,0 +1,140 @@
+"""Coupling layers (Dinh et al. 2017, eq. 4-9): the kept features pass through and parametrise an
+elementwise map of the others, so the Jacobian is triangular and its determinant is a sum.
+
+One layer serves every event shape. With a 1-D mask (vectors) the layer splits by index and the
+conditioner sees only the kept features. With a mask of any other shape (images: checkerboard,
+channel-wise) the conditioner sees ``x * mask`` in full, and its outputs are zeroed where the mask
+is True, so the kept entries pass through exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from realnvp.bijections.base import Bijection, sum_except_batch
+from realnvp.bijections.masks import validate_mask
+
+
+class _Coupling(Bijection):
+    """Split, condition and merge; subclasses supply the elementwise map of the rest."""
+
+    #: how many tensors the conditioner yields per transformed feature (t; or log-scale and t)
+    params_per_feature: int = 1
+
+    def __init__(self, mask: Tensor, conditioner: nn.Module):
+        super().__init__()
+        mask = validate_mask(mask)
+        self.register_buffer("mask", mask)
+        self.conditioner = conditioner
+        self.by_index = mask.dim() == 1
+        if self.by_index:
+            keep = mask.nonzero().squeeze(1)
+            rest = (~mask).nonzero().squeeze(1)
+            self.register_buffer("keep_index", keep)
+            self.register_buffer("rest_index", rest)
+            # torch.cat([keep, rest]) then this permutation puts features back in place.
+            self.register_buffer("merge_index", torch.argsort(torch.cat([keep, rest])))
+            # Two contiguous halves (the usual case) are split by slicing, with no gather.
+            n_keep = keep.numel()
+            self.halves: tuple[int, int] | None = None
+            if bool(mask[:n_keep].all()):
+                self.halves = (0, n_keep)  # keep first
+            elif bool(mask[-n_keep:].all()):
+                self.halves = (1, mask.numel() - n_keep)  # keep last
+        self.num_transformed = int((~mask).sum())
+
+    # (B, D) -> (B, D_keep), (B, D_rest) for vectors; (B, *event) twice for masks.
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.by_index:
+            return x * self.mask, x
+        if self.halves is not None:
+            keep_last, cut = self.halves
+            a, b = x[:, :cut], x[:, cut:]
+            return (b, a) if keep_last else (a, b)
+        return x.index_select(1, self.keep_index), x.index_select(1, self.rest_index)
+
+    def _merge(self, keep: Tensor, rest: Tensor) -> Tensor:
+        if not self.by_index:
+            return rest  # the parameters are zero on kept entries, so rest == keep there
+        if self.halves is not None:
+            return torch.cat([rest, keep] if self.halves[0] else [keep, rest], dim=1)
+        return torch.cat([keep, rest], dim=1).index_select(1, self.merge_index)
+
+    def _params(self, keep: Tensor) -> tuple[Tensor, ...]:
+        h = self.conditioner(keep)
+        params = h.chunk(self.params_per_feature, dim=1)
+        if not self.by_index:
+            params = tuple(p.masked_fill(self.mask, 0.0) for p in params)
+        return params
+
+    def _log_det(self, s: Tensor) -> Tensor:
+        return s.sum(dim=1) if self.by_index else sum_except_batch(s)
+
+
+class AffineCoupling(_Coupling):
+    """Real NVP affine coupling:
+    ``z[keep] = x[keep]``, ``z[rest] = x[rest] * exp(s(x[keep])) + t(x[keep])``,
+    ``log|det dz/dx| = sum(s)``.
+
+    The conditioner returns ``(raw_s, t)`` concatenated along dimension 1: ``(B, 2 * D_rest)`` for
+    a 1-D mask, ``(B, 2 * C, ...)`` for an event-shaped mask. The log-scale is bounded,
+    ``s = scale * tanh(raw_s)``, with ``scale`` learned per feature (per channel for images), as in
+    the paper's code. Zero-initialise the conditioner's last layer (``MLP`` does) and the layer
+    starts as the identity; ``scale`` then starts at ``scale_init``, not at 0 as in the paper's
+    code, because a zero scale and a zero last layer would leave each other without gradient.
+
+    Args:
+        mask: boolean, True for the features kept and conditioned on; shape ``(D,)`` or the event
+            shape.
+        conditioner: the network computing ``(raw_s, t)`` from the kept features.
+        scale_init: initial bound on ``|s|`` per layer.
+
+    Example:
+        >>> from realnvp.nn import MLP
+        >>> layer = AffineCoupling(torch.tensor([True, False]), MLP(1, 2, hidden_features=16))
+        >>> z, log_det = layer(torch.randn(5, 2))
+        >>> z.shape, log_det.shape
+        (torch.Size([5, 2]), torch.Size([5]))
+    """
+
+    params_per_feature = 2
+
+    def __init__(self, mask: Tensor, conditioner: nn.Module, scale_init: float = 2.0):
+        super().__init__(mask, conditioner)
+        if self.by_index:
+            shape: tuple[int, ...] = (self.num_transformed,)
+        else:
+            shape = (self.mask.shape[0],) + (1,) * (self.mask.dim() - 1)
+        self.scale = nn.Parameter(torch.full(shape, float(scale_init)))
+
+    def _scale_shift(self, keep: Tensor) -> tuple[Tensor, Tensor]:
+        raw_s, t = self._params(keep)
+        return self.scale * torch.tanh(raw_s), t  # tanh(0) = 0 where the mask keeps
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        keep, rest = self._split(x)
+        s, t = self._scale_shift(keep)
+        return self._merge(keep, rest * torch.exp(s) + t), self._log_det(s)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        keep, rest = self._split(z)
+        s, t = self._scale_shift(keep)
+        return self._merge(keep, (rest - t) * torch.exp(-s)), -self._log_det(s)
+
+
+class AdditiveCoupling(_Coupling):
+    """NICE additive coupling (Dinh et al. 2015): ``z[rest] = x[rest] + t(x[keep])``; volume
+    preserving, so ``log_det = 0``. The conditioner returns ``t`` alone: ``(B, D_rest)`` or
+    ``(B, C, ...)``.
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        keep, rest = self._split(x)
+        (t,) = self._params(keep)
+        return self._merge(keep, rest + t), x.new_zeros(x.shape[0])
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        keep, rest = self._split(z)
+        (t,) = self._params(keep)
+        return self._merge(keep, rest - t), z.new_zeros(z.shape[0])

@@ -1,0 +1,40 @@
+"""Boolean coupling masks. ``True`` marks the features a coupling passes through unchanged and
+conditions on; ``False`` marks the features it transforms."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def half_mask(features: int, first: bool = True) -> Tensor:
+    """Keep the first ``ceil(D / 2)`` features (``first=True``) or the complement.
+
+    Example:
+        >>> half_mask(5).tolist(), half_mask(5, first=False).tolist()
+        ([True, True, True, False, False], [False, False, False, True, True])
+    """
+    if features < 2:
+        raise ValueError(f"a coupling needs at least 2 features, got features={features}")
+    mask = torch.arange(features) < (features + 1) // 2
+    return mask if first else ~mask
+
+
+def alternating_masks(features: int, num_layers: int) -> list[Tensor]:
+    """Masks for ``num_layers`` couplings alternating between the two halves, so that after any
+    two consecutive layers every feature has been transformed."""
+    return [half_mask(features, first=(i % 2 == 0)) for i in range(num_layers)]
+
+
+def validate_mask(mask: Tensor) -> Tensor:
+    """Check a user's mask: boolean, with at least one kept and one transformed entry."""
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"a mask must be boolean, got dtype {mask.dtype}")
+    if mask.dim() == 0:
+        raise ValueError("a mask needs at least one dimension")
+    if bool(mask.all()) or not bool(mask.any()):
+        raise ValueError(
+            "a mask must keep at least one feature (True) and transform at least one (False)"
+        )
+    return mask

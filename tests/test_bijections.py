@@ -1,0 +1,183 @@
+"""The contract every bijection keeps: shapes, exact inverses, exact log-determinants, gradients,
+and state_dict round trips. Float64 throughout, random non-identity parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from helpers import randomize
+from realnvp import RealNVP
+from realnvp.bijections import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Bijection,
+    Compose,
+    Inverse,
+    Permutation,
+    Standardize,
+)
+from realnvp.nn import MLP
+
+
+def checkerboard(c: int, h: int, w: int) -> Tensor:
+    ij = torch.arange(h)[:, None] + torch.arange(w)[None, :]
+    return (ij % 2 == 1).expand(c, h, w).clone()
+
+
+class ConvNet(nn.Sequential):
+    """A tiny convolutional conditioner for event-shaped masks: (B, C, H, W) -> (B, k*C, H, W)."""
+
+    def __init__(self, channels: int, k: int):
+        super().__init__(
+            nn.Conv2d(channels, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, k * channels, 3, padding=1),
+        )
+
+
+# Each case: a builder (seed -> bijection) and the event shape of its input.
+CASES: dict[str, tuple[Callable[[], Bijection], tuple[int, ...]]] = {
+    "affine-D2": (lambda: AffineCoupling(torch.tensor([True, False]), MLP(1, 2, 16)), (2,)),
+    "affine-D5-keep-last": (
+        lambda: AffineCoupling(torch.arange(5) >= 2, MLP(3, 4, 16)),
+        (5,),
+    ),
+    "affine-D5-user-mask": (
+        lambda: AffineCoupling(torch.tensor([True, False, True, False, False]), MLP(2, 6, 16)),
+        (5,),
+    ),
+    "affine-checkerboard": (
+        lambda: AffineCoupling(checkerboard(2, 4, 4), ConvNet(2, 2)),
+        (2, 4, 4),
+    ),
+    "affine-channel": (
+        lambda: AffineCoupling(
+            (torch.arange(4) < 2)[:, None, None].expand(4, 3, 3).clone(), ConvNet(4, 2)
+        ),
+        (4, 3, 3),
+    ),
+    "additive-D3": (
+        lambda: AdditiveCoupling(torch.tensor([True, True, False]), MLP(2, 1, 16)),
+        (3,),
+    ),
+    "additive-checkerboard": (
+        lambda: AdditiveCoupling(checkerboard(1, 4, 4), ConvNet(1, 1)),
+        (1, 4, 4),
+    ),
+    "permutation": (lambda: Permutation(torch.tensor([2, 0, 3, 1])), (4,)),
+    "standardize": (
+        lambda: Standardize(torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 3.0, 1.5])),
+        (3,),
+    ),
+    "inverse-affine": (
+        lambda: Inverse(AffineCoupling(torch.tensor([False, True]), MLP(1, 2, 16))),
+        (2,),
+    ),
+    "compose": (
+        lambda: Compose(
+            [
+                AffineCoupling(torch.tensor([True, False, False]), MLP(1, 4, 16)),
+                Permutation(torch.tensor([1, 2, 0])),
+                AdditiveCoupling(torch.tensor([False, True, True]), MLP(2, 1, 16)),
+            ]
+        ),
+        (3,),
+    ),
+    "realnvp-transform": (
+        lambda: RealNVP(3, num_layers=4, hidden_features=16, standardize=True).transform,
+        (3,),
+    ),
+}
+
+
+def build(name: str, seed: int = 0) -> tuple[Bijection, Tensor]:
+    builder, shape = CASES[name]
+    torch.manual_seed(seed)
+    bijection = randomize(builder().double(), seed=seed)
+    x = torch.randn(7, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return bijection, x
+
+
+def jacobian_log_det(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """log|det J| of fn at each batch element, from the dense autograd Jacobian."""
+    out = []
+    for xi in x:
+        jac = torch.autograd.functional.jacobian(lambda v: fn(v.unsqueeze(0)).squeeze(0), xi)
+        out.append(torch.linalg.slogdet(jac.reshape(xi.numel(), xi.numel())).logabsdet)
+    return torch.stack(out)
+
+
+@pytest.fixture(params=list(CASES))
+def case(request: pytest.FixtureRequest) -> tuple[Bijection, Tensor]:
+    return build(request.param)
+
+
+def test_shapes(case: tuple[Bijection, Tensor]) -> None:
+    f, x = case
+    z, log_det = f(x)
+    assert z.shape == x.shape and log_det.shape == (x.shape[0],)
+    x2, log_det2 = f.inverse(z)
+    assert x2.shape == x.shape and log_det2.shape == (x.shape[0],)
+
+
+def test_case_is_not_the_identity(case: tuple[Bijection, Tensor]) -> None:
+    f, x = case
+    assert (f(x)[0] - x).abs().max() > 1e-3
+
+
+def test_round_trip_forward_then_inverse(case: tuple[Bijection, Tensor]) -> None:
+    f, x = case
+    z, _ = f(x)
+    assert (f.inverse(z)[0] - x).abs().max() < 1e-10
+
+
+def test_round_trip_inverse_then_forward(case: tuple[Bijection, Tensor]) -> None:
+    f, z = case
+    x, _ = f.inverse(z)
+    assert (f(x)[0] - z).abs().max() < 1e-10
+
+
+def test_forward_log_det_matches_autograd(case: tuple[Bijection, Tensor]) -> None:
+    f, x = case
+    expected = jacobian_log_det(lambda v: f(v)[0], x)
+    assert torch.allclose(f(x)[1], expected, atol=1e-8, rtol=0)
+
+
+def test_inverse_log_det_matches_autograd(case: tuple[Bijection, Tensor]) -> None:
+    f, z = case
+    expected = jacobian_log_det(lambda v: f.inverse(v)[0], z)
+    assert torch.allclose(f.inverse(z)[1], expected, atol=1e-8, rtol=0)
+
+
+def test_log_dets_cancel(case: tuple[Bijection, Tensor]) -> None:
+    f, x = case
+    z, forward_log_det = f(x)
+    _, inverse_log_det = f.inverse(z)
+    assert (forward_log_det + inverse_log_det).abs().max() < 1e-10
+
+
+def test_every_parameter_and_the_input_get_a_gradient(case: tuple[Bijection, Tensor]) -> None:
+    f, x = case
+    x = x.clone().requires_grad_(True)
+    z, log_det = f(x)
+    (z.square().sum() + log_det.sum()).backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+    for name, p in f.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all() and bool(p.grad.abs().sum() > 0), name
+
+
+def test_state_dict_round_trip(
+    case: tuple[Bijection, Tensor], request: pytest.FixtureRequest
+) -> None:
+    f, x = case
+    other, _ = build(request.node.callspec.params["case"], seed=123)
+    other.load_state_dict(f.state_dict())
+    for a, b in zip(f(x), other(x), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(f.inverse(x), other.inverse(x), strict=True):
+        assert torch.equal(a, b)
