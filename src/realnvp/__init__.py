@@ -10,6 +10,7 @@ from realnvp.bijections import (
     Standardize,
 )
 from realnvp.distributions import StandardNormal
+from realnvp.estimator import RealNVPDensity
 from realnvp.flows import Flow, RealNVP
 from realnvp.nn import MLP
 
@@ -25,6 +26,7 @@ __all__ = [
     "Inverse",
     "Permutation",
     "RealNVP",
+    "RealNVPDensity",
     "StandardNormal",
     "Standardize",
     "__version__",

@@ -1,0 +1,30 @@
+"""Where data comes from on the command line: a built-in name or a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from realnvp.data.tabular import DataError, load_table
+from realnvp.data.toy import TOY_DATASETS, toy_data
+
+
+def load_data(
+    spec: str,
+    n: int = 20000,
+    seed: int = 0,
+    drop_nonfinite: bool = False,
+    min_rows: int = 1,
+    columns: int | None = None,
+) -> tuple[NDArray, dict]:
+    """Rows of a built-in data set (``n`` of them, drawn with ``seed``) or of a CSV/.npy/.npz
+    file; returns (N, D) float64 and a description for the run's records."""
+    if spec in TOY_DATASETS and not Path(spec).exists():
+        x = toy_data(spec, n, seed)
+        if columns is not None and columns != 2:
+            raise DataError(f"{spec}: has 2 columns, the model expects {columns}")
+        return x, {"source": spec, "builtin": True, "n": n, "seed": seed}
+    x = load_table(spec, drop_nonfinite=drop_nonfinite, min_rows=min_rows, columns=columns)
+    return np.asarray(x), {"source": str(Path(spec).resolve()), "builtin": False}

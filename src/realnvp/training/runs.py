@@ -1,0 +1,124 @@
+"""A training run in a folder: split the data, train, checkpoint, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from realnvp.flows import RealNVP
+from realnvp.training.checkpoint import (
+    MODEL_CONFIG,
+    TRAINING_STATE,
+    CheckpointError,
+    load_model,
+    load_training_state,
+    read_model_config,
+    save_model,
+)
+from realnvp.training.loop import History, TrainConfig, Trainer
+
+
+def split(x: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle rows with ``seed`` and hold out ``val_fraction`` of them (at least one row)."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(len(x))
+    n_val = round(val_fraction * len(x))
+    if val_fraction > 0:
+        n_val = min(max(n_val, 1), len(x) - 1)
+    return x[perm[n_val:]], x[perm[:n_val]]
+
+
+def fingerprint(x: np.ndarray) -> str:
+    """A short hash of the data, so a resumed run can check it sees the same rows."""
+    return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float64).tobytes()).hexdigest()[:16]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def train_run(
+    run: Path,
+    x: np.ndarray,
+    model: dict[str, Any],
+    config: TrainConfig,
+    val_fraction: float = 0.1,
+    resume: bool = False,
+    device: str = "auto",
+    progress: bool = False,
+    data_info: dict[str, Any] | None = None,
+) -> tuple[RealNVP, History]:
+    """Fit a Real NVP to the rows of ``x`` and keep everything in the folder ``run``.
+
+    ``model`` holds RealNVP's arguments (``features`` is taken from ``x``); standardization is
+    always on, with the training rows' mean and std, so densities are in the data's own units.
+    With ``resume``, training continues from ``run/last.safetensors`` with the saved settings.
+    """
+    run = Path(run)
+    dev = resolve_device(device)
+    x_train, x_val = split(x, val_fraction, config.seed)
+    info = {
+        "data": {
+            **(data_info or {}),
+            "rows": len(x),
+            "features": x.shape[1],
+            "fingerprint": fingerprint(x),
+            "val_fraction": val_fraction,
+        },
+        "train": config.to_dict(),
+    }
+    if resume:
+        flow, optimizer_state, state = load_training_state(run)
+        saved = read_model_config(run)
+        if saved["data"]["fingerprint"] != info["data"]["fingerprint"]:
+            raise CheckpointError(
+                f"{run}: was trained on other data than given now; resume with the same DATA"
+            )
+        config = TrainConfig(**state["config"])
+        info = {k: saved[k] for k in saved if k not in ("format", "model")}
+        best, _ = load_model(run)
+        flow = flow.to(dev)
+        trainer = _trainer(run, flow, x_train, x_val, config, info, dev, progress)
+        trainer.load_state(
+            state, optimizer_state, {k: v.to(dev) for k, v in best.state_dict().items()}
+        )
+    else:
+        if (run / MODEL_CONFIG).exists() or (run / TRAINING_STATE).exists():
+            raise FileExistsError(
+                f"{run}: already holds a run; pass --resume to continue it, or choose another --out"
+            )
+        run.mkdir(parents=True, exist_ok=True)
+        flow = RealNVP(**{**model, "features": x.shape[1], "standardize": True})
+        mean, std = x_train.mean(0), x_train.std(0)
+        flow.set_standardization(
+            torch.as_tensor(mean, dtype=torch.float32),
+            torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32),
+        )
+        flow = flow.to(dev)
+        trainer = _trainer(run, flow, x_train, x_val, config, info, dev, progress)
+    history = trainer.fit()
+    (run / "history.json").write_text(json.dumps(history.to_dict(), indent=1) + "\n")
+    return flow.eval(), history
+
+
+def _trainer(run, flow, x_train, x_val, config, info, device, progress) -> Trainer:
+    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+    return Trainer(
+        flow,
+        as_tensor(x_train),
+        as_tensor(x_val) if len(x_val) else None,
+        config,
+        run=run,
+        save_model=lambda f: save_model(run, f, info),
+        progress=progress,
+    )
