@@ -1,0 +1,2 @@
+"""Figures. Every function returns a matplotlib ``Figure``; callers save it. Nothing here calls
+``plt.show()`` or touches pyplot's global state."""
