@@ -165,11 +165,13 @@ def plot_densities(
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     _scatter_moons(axes[0], x, labels, size=1.5)
     axes[0].set_title(f"data ({len(x):,} test points)\nexact limit NLL {limit_nll:.3f}")
-    vmax = None
-    for ax, r in zip(axes[1:], results, strict=False):
+    densities = []
+    for r in results:
         r.flow.eval()
-        density = np.exp(_apply(r.flow.log_prob, grid, r.flow)).reshape(xx.shape)
-        vmax = vmax or float(np.quantile(density, 0.999))
+        densities.append(np.exp(_apply(r.flow.log_prob, grid, r.flow)).reshape(xx.shape))
+    # One colour scale for every panel, set by the deepest (best) model, so panels compare.
+    vmax = float(np.quantile(densities[-1], 0.999))
+    for ax, r, density in zip(axes[1:], results, densities, strict=False):
         ax.imshow(
             density,
             origin="lower",
