@@ -186,3 +186,17 @@ def test_short_training_on_two_moons_lowers_the_nll(coupling: str) -> None:
     with torch.no_grad():
         after = -flow.log_prob(x).mean().item()
     assert after < before - 0.5, (before, after)
+
+
+def test_trajectory_gives_every_intermediate_both_ways() -> None:
+    flow = random_flow(features=2, num_layers=5)
+    x = torch.randn(8, 2, dtype=torch.float64)
+    forward = flow.transform.trajectory(x)
+    assert len(forward) == 6 and torch.equal(forward[0], x)
+    assert torch.allclose(forward[-1], flow.encode(x), atol=1e-12)
+    for i, layer in enumerate(flow.transform.layers):
+        assert torch.allclose(forward[i + 1], layer(forward[i])[0], atol=1e-12)
+    backward = flow.transform.inverse_trajectory(forward[-1])
+    assert len(backward) == 6
+    for a, b in zip(backward, reversed(forward), strict=True):
+        assert torch.allclose(a, b, atol=1e-10)

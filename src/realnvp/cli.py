@@ -35,21 +35,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
@@ -397,7 +398,7 @@ def _add_study(commands) -> None:
         commands,
         "study",
         "redraw a study's figures and table in one command",
-        "realnvp study moons --out results/moons   (about 11 minutes on 2 cores)\n"
+        "realnvp study moons --out results/moons   (about 12 minutes on 2 cores)\n"
         "  realnvp study moons --out /tmp/quick --quick   (under a minute)",
     )
     study.description = (

@@ -9,9 +9,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from realnvp.flows import RealNVP
 from realnvp.training.loop import TrainConfig, Trainer, evaluate_nll
-from realnvp.training.runs import split
+from realnvp.training.runs import resolve_device, split, standardized_flow
 
 
 class RealNVPDensity(BaseEstimator):
@@ -73,21 +72,12 @@ class RealNVPDensity(BaseEstimator):
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         x_train, x_val = split(X, self.val_fraction if len(X) >= 10 else 0.0, seed)
         torch.manual_seed(seed)
-        flow = RealNVP(
-            X.shape[1],
+        flow = standardized_flow(
+            x_train,
             num_layers=self.num_layers,
             hidden_features=self.hidden_features,
             num_hidden_layers=self.num_hidden_layers,
-            standardize=True,
-        )
-        std = x_train.std(0)
-        flow.set_standardization(
-            torch.as_tensor(x_train.mean(0), dtype=torch.float32),
-            torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32),
-        )
-        from realnvp.training.runs import resolve_device
-
-        flow = flow.to(resolve_device(self.device))
+        ).to(resolve_device(self.device))
         config = TrainConfig(
             steps=self.steps,
             batch_size=self.batch_size,

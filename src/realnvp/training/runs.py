@@ -34,6 +34,18 @@ def split(x: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np
     return x[perm[n_val:]], x[perm[:n_val]]
 
 
+def standardized_flow(x_train: np.ndarray, **model: Any) -> RealNVP:
+    """A RealNVP that standardizes with the mean and std of ``x_train`` (a constant column
+    gets std 1), so it trains on standardized values and reports densities in data units."""
+    flow = RealNVP(**{**model, "features": x_train.shape[1], "standardize": True})
+    std = x_train.std(0)
+    flow.set_standardization(
+        torch.as_tensor(x_train.mean(0), dtype=torch.float32),
+        torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32),
+    )
+    return flow
+
+
 def fingerprint(x: np.ndarray) -> str:
     """A short hash of the data, so a resumed run can check it sees the same rows."""
     return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float64).tobytes()).hexdigest()[:16]
@@ -98,13 +110,7 @@ def train_run(
                 f"{run}: already holds a run; pass --resume to continue it, or choose another --out"
             )
         run.mkdir(parents=True, exist_ok=True)
-        flow = RealNVP(**{**model, "features": x.shape[1], "standardize": True})
-        mean, std = x_train.mean(0), x_train.std(0)
-        flow.set_standardization(
-            torch.as_tensor(mean, dtype=torch.float32),
-            torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32),
-        )
-        flow = flow.to(dev)
+        flow = standardized_flow(x_train, **model).to(dev)
         trainer = _trainer(run, flow, x_train, x_val, config, info, dev, progress)
     history = trainer.fit()
     (run / "history.json").write_text(json.dumps(history.to_dict(), indent=1) + "\n")
