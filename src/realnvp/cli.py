@@ -130,7 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the model, split and batches")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue RUN from its last checkpoint, with the settings it was started with",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _data_options(p, default_seed=0)
     p.set_defaults(run=_train)
