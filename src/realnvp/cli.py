@@ -293,6 +293,9 @@ def _train(args: argparse.Namespace) -> int:
     }
     import torch
 
+    from realnvp.training.runs import resolve_device
+
+    resolve_device(args.device)  # refuse a missing GPU before anything is written
     torch.manual_seed(args.seed)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
