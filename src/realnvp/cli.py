@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -227,8 +228,6 @@ def _check_output(path: str) -> None:
     parent = target.parent
     if not parent.is_dir():
         raise UsageError(f"cannot write {target}: no folder {parent}")
-    import os
-
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise UsageError(f"cannot write {target}: permission denied")
 

@@ -30,6 +30,7 @@ from realnvp.plots.moons import (
     plot_mapping,
 )
 from realnvp.training import TrainConfig, evaluate_nll, fit
+from realnvp.training.runs import standardized_flow
 
 COLUMNS = [
     "layers",
@@ -131,22 +132,19 @@ def run_moons_study(
 
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     t_train, t_val, t_test = as_tensor(x_train), as_tensor(x_val), as_tensor(x_test)
-    mean, std = t_train.mean(0), t_train.std(0, unbiased=False)
 
     rows: list[dict] = []
     results: list[DepthResult] = []
     for depth in config.depths:
         torch.manual_seed(config.model_seed)
-        flow = RealNVP(
-            2,
+        flow = standardized_flow(
+            x_train,
             num_layers=depth,
             hidden_features=config.hidden_features,
             num_hidden_layers=config.num_hidden_layers,
             activation=config.activation,
-            standardize=True,
             scale_init=config.scale_init,
         )
-        flow.set_standardization(mean, std)
         history = fit(flow, t_train, t_val, config.train)
         test_nll = evaluate_nll(flow, t_test).double().numpy()
         gap = test_nll - limit_test

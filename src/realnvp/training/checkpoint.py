@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -60,15 +60,13 @@ def _load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         tensors = load_file(str(path))
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(header_len))
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as error:
         raise CheckpointError(
             f"{path}: not a readable safetensors checkpoint (truncated, corrupted, or another "
             f"format such as a pickle): {str(error).splitlines()[0][:120]}"
         ) from None
-    raw = header.get("__metadata__") or {}
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a realnvp checkpoint (no '{FORMAT}' marker)")
     return tensors, {k: json.loads(v) for k, v in raw.items() if k != "format"}
