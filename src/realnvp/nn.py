@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -60,3 +62,70 @@ class MLP(nn.Sequential):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         super().__init__(*layers, last)
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Module:
+    """A weight-normalized convolution (Salimans and Kingma 2016), as in the paper's ResNets."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+    return weight_norm(conv)
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            _conv(channels, channels),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            _conv(channels, channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+class ResNet(nn.Module):
+    """The paper's convolutional conditioner: a ResNet of weight-normalized 3x3 convolutions with
+    batch norm and ReLU, ``(B, in, H, W) -> (B, out, H, W)``.
+
+    The last convolution's weight-norm magnitudes and bias start at zero, so a coupling layer
+    built on it starts as the identity, while its directions are random so the magnitudes get a
+    gradient from the first step.
+
+    Example:
+        >>> net = ResNet(2, 4, hidden_channels=8, num_blocks=1)
+        >>> net(torch.randn(3, 2, 5, 5)).abs().max().item()
+        0.0
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int = 32, num_blocks: int = 2
+    ):
+        super().__init__()
+        if min(in_channels, out_channels, hidden_channels) < 1 or num_blocks < 0:
+            raise ValueError(
+                f"invalid ResNet sizes: in={in_channels}, out={out_channels}, "
+                f"hidden={hidden_channels}, num_blocks={num_blocks}"
+            )
+        self.first = _conv(in_channels, hidden_channels)
+        self.blocks = nn.Sequential(*[_ResidualBlock(hidden_channels) for _ in range(num_blocks)])
+        self.out_norm = nn.BatchNorm2d(hidden_channels)
+        self.last = _conv(hidden_channels, out_channels)
+        with torch.no_grad():
+            self.last.parametrizations.weight.original0.zero_()
+            self.last.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.blocks(self.first(x))
+        return self.last(torch.relu(self.out_norm(h)))
+
+
+def weight_norm_magnitudes(module: nn.Module) -> list[Tensor]:
+    """The magnitude parameters ``g`` of every weight-normalized layer inside ``module``."""
+    return [
+        m.parametrizations.weight.original0
+        for m in module.modules()
+        if hasattr(m, "parametrizations") and hasattr(m.parametrizations, "weight")
+    ]

@@ -2,18 +2,31 @@
 
 from realnvp.bijections.base import Bijection, Compose, Inverse, sum_except_batch
 from realnvp.bijections.coupling import AdditiveCoupling, AffineCoupling
-from realnvp.bijections.elementwise import Permutation, Standardize
-from realnvp.bijections.masks import alternating_masks, half_mask
+from realnvp.bijections.elementwise import Logit, Permutation, Standardize
+from realnvp.bijections.masks import (
+    alternating_masks,
+    channel_mask,
+    checkerboard_mask,
+    half_mask,
+)
+from realnvp.bijections.normalization import BatchNorm
+from realnvp.bijections.reshape import FactorOut, Squeeze
 
 __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
+    "BatchNorm",
     "Bijection",
     "Compose",
+    "FactorOut",
     "Inverse",
+    "Logit",
     "Permutation",
+    "Squeeze",
     "Standardize",
     "alternating_masks",
+    "channel_mask",
+    "checkerboard_mask",
     "half_mask",
     "sum_except_batch",
 ]

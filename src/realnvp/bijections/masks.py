@@ -38,3 +38,33 @@ def validate_mask(mask: Tensor) -> Tensor:
             "a mask must keep at least one feature (True) and transform at least one (False)"
         )
     return mask
+
+
+def checkerboard_mask(channels: int, height: int, width: int, parity: int = 1) -> Tensor:
+    """The paper's spatial checkerboard (section 3.4): keep the pixels whose row plus column is
+    odd (``parity=1``) or even (``parity=0``), in every channel; shape ``(C, H, W)``.
+
+    Example:
+        >>> checkerboard_mask(1, 2, 2)[0].tolist()
+        [[False, True], [True, False]]
+    """
+    if min(channels, height, width) < 1 or height * width < 2:
+        raise ValueError(
+            f"a checkerboard needs at least 2 pixels, got shape ({channels}, {height}, {width})"
+        )
+    ij = torch.arange(height)[:, None] + torch.arange(width)[None, :]
+    return (ij % 2 == parity % 2).expand(channels, height, width).clone()
+
+
+def channel_mask(channels: int, height: int, width: int, first: bool = True) -> Tensor:
+    """The paper's channel-wise mask: keep the first half of the channels (``first=True``) or
+    the second half, at every pixel; shape ``(C, H, W)``.
+
+    Example:
+        >>> channel_mask(4, 1, 1).flatten().tolist()
+        [True, True, False, False]
+    """
+    if channels < 2 or channels % 2:
+        raise ValueError(f"a channel mask needs an even number of channels, got {channels}")
+    keep = torch.arange(channels) < channels // 2
+    return (keep if first else ~keep)[:, None, None].expand(channels, height, width).clone()

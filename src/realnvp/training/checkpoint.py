@@ -24,12 +24,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from realnvp.flows import RealNVP
+from realnvp.flows import Flow, RealNVP
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model.json"
 TRAINING_STATE = "last.safetensors"
 FORMAT = "realnvp-checkpoint-1"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
@@ -41,6 +43,7 @@ def atomic_write(path: Path, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -72,7 +75,7 @@ def _load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return tensors, {k: json.loads(v) for k, v in raw.items() if k != "format"}
 
 
-def save_model(run: Path, flow: RealNVP, info: dict[str, Any]) -> None:
+def save_model(run: Path, flow: Flow, info: dict[str, Any]) -> None:
     """Write the model's weights and ``model.json`` (its config plus ``info``) into ``run``."""
     run = Path(run)
     config = {"format": FORMAT, "model": flow.config, **info}
@@ -96,10 +99,20 @@ def read_model_config(run: Path) -> dict[str, Any]:
     return config
 
 
-def build_and_load(config: dict[str, Any], tensors: dict[str, Tensor], source: Path) -> RealNVP:
-    """Rebuild a RealNVP from its config and load weights that must match it exactly."""
+def build_flow(config: dict[str, Any]) -> Flow:
+    """The model a config describes: ``MultiScaleRealNVP`` when its ``type`` is ``multiscale``,
+    else ``RealNVP``; weights are not loaded."""
+    if config.get("type") == "multiscale":
+        from realnvp.images import MultiScaleRealNVP
+
+        return MultiScaleRealNVP(**{k: v for k, v in config.items() if k != "type"})
+    return RealNVP(**config)
+
+
+def build_and_load(config: dict[str, Any], tensors: dict[str, Tensor], source: Path) -> Flow:
+    """Rebuild a flow from its config and load weights that must match it exactly."""
     try:
-        flow = RealNVP(**config)
+        flow = build_flow(config)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{source}: bad model config ({error})") from None
     expected = flow.state_dict()
@@ -111,7 +124,7 @@ def build_and_load(config: dict[str, Any], tensors: dict[str, Tensor], source: P
     return flow
 
 
-def load_model(run: Path) -> tuple[RealNVP, dict[str, Any]]:
+def load_model(run: Path) -> tuple[Flow, dict[str, Any]]:
     """The best model of a run folder, in evaluation mode, and its ``model.json``."""
     run = Path(run)
     config = read_model_config(run)
@@ -125,7 +138,7 @@ def load_model(run: Path) -> tuple[RealNVP, dict[str, Any]]:
 
 
 def save_training_state(
-    run: Path, flow: RealNVP, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    run: Path, flow: Flow, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
     """Everything ``--resume`` needs: weights, optimizer moments, and the JSON ``state``
     (step, scheduler, history, ...)."""
@@ -140,7 +153,7 @@ def save_training_state(
 
 def load_training_state(
     run: Path,
-) -> tuple[RealNVP, dict[str, Any], dict[str, Any]]:
+) -> tuple[Flow, dict[str, Any], dict[str, Any]]:
     """The flow, the optimizer's state_dict and the JSON state saved by ``save_training_state``."""
     path = Path(run) / TRAINING_STATE
     tensors, meta = _load_tensors(path)

@@ -31,6 +31,10 @@ class TrainConfig:
 
     ``schedule`` is ``"cosine"`` (learning rate annealed to 0 over ``steps``) or ``"constant"``.
     ``patience``: stop after this many evaluations without a better validation NLL (None: never).
+    ``scale_l2``: weight of the flow's ``regularization()`` (the image model's L2 on weight-norm
+    magnitudes, 5e-5 in the paper's code), added to the loss; 0 for none.
+    ``bf16``: run the training forward pass under bfloat16 autocast (convolutions and matrix
+    multiplies in bf16, the coupling arithmetic and log-dets in float32); evaluation stays float32.
     """
 
     steps: int = 5000
@@ -39,6 +43,8 @@ class TrainConfig:
     schedule: str = "cosine"
     weight_decay: float = 0.0
     grad_clip: float | None = None
+    scale_l2: float = 0.0
+    bf16: bool = False
     eval_every: int = 100
     patience: int | None = None
     seed: int = 0
@@ -51,6 +57,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.scale_l2 < 0:
+            raise ValueError(f"scale_l2 must be non-negative, got {self.scale_l2}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be at least 1, got {self.patience}")
 
@@ -114,6 +122,9 @@ class Trainer:
             without validation); the CLI writes ``model.safetensors`` there.
         callback: called after each evaluation with ``(step, train_nll, val_nll)``.
         progress: show a progress bar on stderr.
+        batch_transform: applied to each training batch with its step number, e.g. a
+            ``Dequantizer`` that adds fresh noise to image batches.
+        dims: report bits per dimension over ``dims`` dimensions beside the NLL (images).
     """
 
     def __init__(
@@ -126,8 +137,12 @@ class Trainer:
         save_model: Callable[[Flow], None] | None = None,
         callback: Callback | None = None,
         progress: bool = False,
+        batch_transform: Callable[[Tensor, int], Tensor] | None = None,
+        dims: int | None = None,
     ):
         self.flow = flow
+        self.batch_transform = batch_transform
+        self.dims = dims
         self.config = config or TrainConfig()
         self.device = next(flow.parameters()).device
         self.x_train = x_train.to(self.device)
@@ -182,14 +197,21 @@ class Trainer:
         flow.train()
         start = time.perf_counter() - self.history.seconds
         while self.step < config.steps and not self.history.stopped_early:
-            loss = -flow.log_prob(self.x_train[next(batches).to(self.device)]).mean()
+            x = self.x_train[next(batches).to(self.device)]
+            if self.batch_transform is not None:
+                x = self.batch_transform(x, self.step)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=config.bf16):
+                loss = -flow.log_prob(x).float().mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the training loss became {loss.item()} at step {self.step + 1}; "
                     "the last good checkpoint is kept (try a lower --lr)"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if config.scale_l2 > 0:
+                (loss + config.scale_l2 * flow.regularization()).backward()
+            else:
+                loss.backward()
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
             self.optimizer.step()
@@ -234,6 +256,10 @@ class Trainer:
         shown = {"loss": f"{train_nll:.4f}"}
         if val_nll is not None:
             shown["val_nll"] = f"{val_nll:.4f}"
+        if self.dims is not None:
+            shown = {"bpd": f"{self._bpd(train_nll):.4f}"}
+            if val_nll is not None:
+                shown["val_bpd"] = f"{self._bpd(val_nll):.4f}"
         if bar is not None:
             bar.set_postfix(shown, refresh=False)
         elif self.progress:  # not a terminal: one plain line per evaluation
@@ -248,6 +274,9 @@ class Trainer:
         if self.callback is not None:
             self.callback(self.step, train_nll, val_nll)
 
+    def _bpd(self, nll: float) -> float:
+        return nll / (self.dims * math.log(2))
+
     def _checkpoint(self) -> None:
         from realnvp.training.checkpoint import atomic_write, save_training_state
 
@@ -255,8 +284,13 @@ class Trainer:
         h = self.history
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["step", "train_nll", "val_nll", "lr"])
-        writer.writerows(zip(h.step, h.train_nll, h.val_nll, h.lr, strict=True))
+        columns = [h.step, h.train_nll, h.val_nll, h.lr]
+        header = ["step", "train_nll", "val_nll", "lr"]
+        if self.dims is not None:
+            columns += [[self._bpd(v) for v in h.train_nll], [self._bpd(v) for v in h.val_nll]]
+            header += ["train_bpd", "val_bpd"]
+        writer.writerow(header)
+        writer.writerows(zip(*columns, strict=True))
         atomic_write(self.run / "metrics.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
 
     def _tensorboard(self, train_nll: float, val_nll: float | None) -> None:
@@ -272,6 +306,10 @@ class Trainer:
             self._writer.add_scalar("nll/train", train_nll, self.step)
             if val_nll is not None:
                 self._writer.add_scalar("nll/val", val_nll, self.step)
+            if self.dims is not None:
+                self._writer.add_scalar("bpd/train", self._bpd(train_nll), self.step)
+                if val_nll is not None:
+                    self._writer.add_scalar("bpd/val", self._bpd(val_nll), self.step)
             self._writer.flush()
 
     def _progress_bar(self):

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from realnvp.flows import RealNVP
+from realnvp.flows import Flow, RealNVP
 from realnvp.training.checkpoint import (
     MODEL_CONFIG,
     TRAINING_STATE,
@@ -21,6 +21,9 @@ from realnvp.training.checkpoint import (
     save_model,
 )
 from realnvp.training.loop import History, TrainConfig, Trainer
+
+#: the seed of the one dequantization of validation images
+VAL_NOISE_SEED = 20170101
 
 
 def split(x: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,21 +72,30 @@ def train_run(
     device: str = "auto",
     progress: bool = False,
     data_info: dict[str, Any] | None = None,
-) -> tuple[RealNVP, History]:
-    """Fit a Real NVP to the rows of ``x`` and keep everything in the folder ``run``.
+    levels: int | None = None,
+) -> tuple[Flow, History]:
+    """Fit a flow to the rows of ``x`` and keep everything in the folder ``run``.
 
-    ``model`` holds RealNVP's arguments (``features`` is taken from ``x``); standardization is
-    always on, with the training rows' mean and std, so densities are in the data's own units.
+    Tables: ``x`` is (N, D); ``model`` holds RealNVP's arguments (``features`` is taken from
+    ``x``); standardization is always on, with the training rows' mean and std, so densities are
+    in the data's own units.
+
+    Images: pass ``levels``; ``x`` is (N, C, H, W) integer grey levels and ``model`` holds
+    ``MultiScaleRealNVP``'s arguments (``shape`` and ``levels`` are taken from the data). Each
+    training batch is dequantized with fresh noise drawn from ``(seed, step)``; the validation
+    images are dequantized once, with a fixed seed.
+
     With ``resume``, training continues from ``run/last.safetensors`` with the saved settings.
     """
     run = Path(run)
     dev = resolve_device(device)
     x_train, x_val = split(x, val_fraction, config.seed)
+    shape = {"shape": list(x.shape[1:]), "levels": levels} if levels else {"features": x.shape[1]}
     info = {
         "data": {
             **(data_info or {}),
             "rows": len(x),
-            "features": x.shape[1],
+            **shape,
             "fingerprint": fingerprint(x),
             "val_fraction": val_fraction,
         },
@@ -110,7 +122,13 @@ def train_run(
                 f"{run}: already holds a run; pass --resume to continue it, or choose another --out"
             )
         run.mkdir(parents=True, exist_ok=True)
-        flow = standardized_flow(x_train, **model).to(dev)
+        if levels:
+            from realnvp.images import MultiScaleRealNVP
+
+            flow = MultiScaleRealNVP(**{**model, "shape": x.shape[1:], "levels": levels})
+            flow = flow.to(dev)
+        else:
+            flow = standardized_flow(x_train, **model).to(dev)
         trainer = _trainer(run, flow, x_train, x_val, config, info, dev, progress)
     history = trainer.fit()
     (run / "history.json").write_text(json.dumps(history.to_dict(), indent=1) + "\n")
@@ -119,12 +137,22 @@ def train_run(
 
 def _trainer(run, flow, x_train, x_val, config, info, device, progress) -> Trainer:
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+    x_train = as_tensor(x_train)
+    x_val = as_tensor(x_val) if len(x_val) else None
+    images = {}
+    if flow.config.get("type") == "multiscale":
+        from realnvp.images import Dequantizer, dequantize
+
+        if x_val is not None:
+            x_val = dequantize(x_val, torch.Generator(device=device).manual_seed(VAL_NOISE_SEED))
+        images = {"batch_transform": Dequantizer(config.seed), "dims": flow.dims}
     return Trainer(
         flow,
-        as_tensor(x_train),
-        as_tensor(x_val) if len(x_val) else None,
+        x_train,
+        x_val,
         config,
         run=run,
         save_model=lambda f: save_model(run, f, info),
         progress=progress,
+        **images,
     )

@@ -1,0 +1,148 @@
+"""Multi-scale Real NVP on images, ours against normflows', with the same data, recipe and loop.
+
+Both models: the logit preprocessing (alpha = 0.05) inside the likelihood; per scale 3 checkerboard
+couplings, squeeze, 3 channel-wise couplings, factor out half; the last scale 4 checkerboard
+couplings; affine couplings whose conditioners are ResNets of the same width (doubled per scale)
+and depth, with batch norm, zero-initialised outputs; a standard normal base. Ours also has the
+paper's batch-norm bijection after each coupling, weight norm and the tanh-bounded log-scale;
+normflows has neither (its ``exp`` scale is unbounded). normflows' checkerboard split needs an
+even width, so MNIST uses 2 scales here (28 -> 14) for both.
+
+One loop trains both: Adam lr 1e-3 with cosine decay, batch 64, fresh uniform dequantization
+noise per batch, global gradient-norm clip 100, a fixed number of steps, and the same batches.
+Test bits/dim: the fixed test split dequantized once (seed 1), ``-log p(x + u) / (D log 2)`` in
+pixel units for both (normflows models ``(x + u) / K``, so ``D log K`` is added back).
+
+Needs normflows (``pip install .[bench]``); the library never does. Run one at a time:
+    python benchmarks/images_vs_normflows.py --data digits --steps 3000 --lib ours
+    python benchmarks/images_vs_normflows.py --data digits --steps 3000 --lib normflows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+from torch import nn
+
+from realnvp.data.images import load_images
+from realnvp.images import MultiScaleRealNVP, dequantize
+from realnvp.training.loop import batch_indices
+
+
+def normflows_model(shape, levels: int, scales: int, hidden: int, blocks: int) -> nn.Module:
+    import normflows as nf
+
+    def coupling(channels: int, width: int, mode: str) -> nn.Module:
+        half = channels if "checkerboard" in mode else channels // 2
+        net = nf.nets.ConvResidualNet(half, 2 * half, width, num_blocks=blocks, use_batch_norm=True)
+        nn.init.zeros_(net.final_layer.weight)
+        nn.init.zeros_(net.final_layer.bias)
+        return nf.flows.AffineCouplingBlock(net, scale=True, scale_map="exp", split_mode=mode)
+
+    c, h, w = shape
+    # normflows lists levels coarsest first, each in the sampling direction (latent -> data).
+    sizes = [(c * 2**i, h // 2**i, w // 2**i) for i in range(scales)]  # input of each scale
+    q0, flows, merges = [], [], []
+    for i in reversed(range(scales)):
+        ci, hi, wi = sizes[i]
+        width = hidden * 2**i
+        checker = [coupling(ci, width, "checkerboard" if k % 2 else "checkerboard_inv")
+                   for k in range(3 if i < scales - 1 else 4)]
+        if i == scales - 1:
+            q0.append(nf.distributions.DiagGaussian((ci, hi, wi), trainable=False))
+            flows.append(list(reversed(checker)))
+        else:
+            q0.append(nf.distributions.DiagGaussian((2 * ci, hi // 2, wi // 2), trainable=False))
+            merges.append(nf.flows.Merge())
+            channel = [coupling(4 * ci, width, "channel" if k % 2 == 0 else "channel_inv")
+                       for k in range(3)]
+            flows.append(list(reversed(channel)) + [nf.flows.Squeeze()] + list(reversed(checker)))
+    model = nf.MultiscaleFlow(q0, flows, merges, transform=nf.transforms.Logit(0.05),
+                              class_cond=False)
+    dims, log_k = c * h * w, math.log(levels)
+
+    class PixelUnits(nn.Module):  # log p(x + u) in pixel units, like ours
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def log_prob(self, x):
+            return self.model.log_prob(x / levels, None) - dims * log_k
+
+    return PixelUnits()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--lib", choices=["ours", "normflows"], default="ours")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--scales", type=int, default=2)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--blocks", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", help="append the result as a JSON line to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    data = load_images(args.data)
+    if args.lib == "ours":
+        model = MultiScaleRealNVP(data.shape, data.levels, args.scales, args.channels, args.blocks)
+    else:
+        model = normflows_model(data.shape, data.levels, args.scales, args.channels, args.blocks)
+    params = sum(p.numel() for p in model.parameters())
+    dims = math.prod(data.shape)
+    x_train = torch.as_tensor(data.train, dtype=torch.float32)
+    x_test = dequantize(torch.as_tensor(data.test), torch.Generator().manual_seed(1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
+    batches = batch_indices(len(x_train), args.batch_size, args.seed)
+    noise = torch.Generator().manual_seed(args.seed)
+    model.train()
+    start = time.perf_counter()
+    nonfinite = 0
+    for _ in range(args.steps):
+        x = dequantize(x_train[next(batches)], noise)
+        loss = -model.log_prob(x).mean()
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            nonfinite += 1  # skipped, so a diverging model is reported, not hidden
+            continue
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+        optimizer.step()
+        schedule.step()
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        nll = torch.cat([-model.log_prob(b) for b in x_test.split(500)])
+    bpd = nll / (dims * math.log(2))
+    result = {
+        "lib": args.lib,
+        "data": data.name,
+        "scales": args.scales,
+        "channels": args.channels,
+        "blocks": args.blocks,
+        "params": params,
+        "steps": args.steps,
+        "train_seconds": round(seconds, 1),
+        "steps_per_second": round(args.steps / seconds, 2),
+        "test_bits_per_dim": round(bpd.mean().item(), 4),
+        "test_bits_per_dim_se": round(bpd.std().item() / math.sqrt(len(bpd)), 4),
+        "nonfinite_steps": nonfinite,
+        "torch": torch.__version__,
+    }
+    print(json.dumps(result))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
