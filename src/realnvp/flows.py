@@ -20,6 +20,14 @@ from realnvp.distributions import StandardNormal
 from realnvp.nn import MLP
 
 
+def _dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if value not in ("bfloat16", "float16"):
+        raise ValueError(f"conditioner_dtype must be 'bfloat16', 'float16' or None, got {value!r}")
+    return getattr(torch, value)
+
+
 class Flow(nn.Module):
     """A normalizing flow: ``z = f(x)`` with ``z`` distributed as ``base``.
 
@@ -65,6 +73,18 @@ class Flow(nn.Module):
         x, log_det = self.transform.inverse(z)
         return x, self.base.log_prob(z) - log_det
 
+    def compile(self, **kwargs: Any) -> Flow:
+        """Compile ``log_prob`` (so training and scoring) and ``decode`` (so sampling) with
+        ``torch.compile``; ``kwargs`` go to it. Returns the flow itself.
+
+        Each new batch shape compiles first (tens of seconds on a CPU, which needs a C++
+        compiler); afterwards the fused kernels run faster than eager PyTorch (see README's
+        Performance section). Weights, checkpoints and results are unchanged.
+        """
+        self.log_prob = torch.compile(self.log_prob, **kwargs)  # type: ignore[method-assign]
+        self.decode = torch.compile(self.decode, **kwargs)  # type: ignore[method-assign]
+        return self
+
     def regularization(self) -> Tensor:
         """The L2 term of the paper's code: the sum of squares of every affine coupling's
         log-scale bound and of every weight-norm magnitude in the conditioners."""
@@ -95,6 +115,10 @@ class RealNVP(Flow):
             ``set_standardization``, so the flow trains on standardized values and ``log_prob``
             is a density in the data's own units.
         scale_init: initial bound of each affine coupling's log-scale.
+        conditioner_dtype: ``"bfloat16"`` runs the conditioners' hidden and output layers in
+            mixed precision (bf16 matrix multiplies; the coupling arithmetic and log-det stay in
+            the model's dtype): faster on CPUs with AVX-512 BF16 and on GPUs. Each coupling is
+            still exactly invertible and its log-det exact; see ``MLP`` for the round trip.
 
     Example:
         >>> flow = RealNVP(features=2, num_layers=8, hidden_features=128, num_hidden_layers=2)
@@ -114,6 +138,7 @@ class RealNVP(Flow):
         mask: Tensor | list[bool] | None = None,
         standardize: bool = False,
         scale_init: float = 2.0,
+        conditioner_dtype: str | torch.dtype | None = None,
     ):
         if features < 2:
             raise ValueError(f"Real NVP needs features >= 2 to couple, got features={features}")
@@ -121,6 +146,7 @@ class RealNVP(Flow):
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         if coupling not in ("affine", "additive"):
             raise ValueError(f"coupling must be 'affine' or 'additive', got {coupling!r}")
+        dtype = _dtype(conditioner_dtype)
         first = half_mask(features) if mask is None else validate_mask(torch.as_tensor(mask))
         if first.shape != (features,):
             raise ValueError(f"mask must have shape ({features},), got {tuple(first.shape)}")
@@ -132,7 +158,7 @@ class RealNVP(Flow):
             m = first if i % 2 == 0 else ~first
             n_keep, n_rest = int(m.sum()), int((~m).sum())
             width = 2 * n_rest if coupling == "affine" else n_rest
-            net = MLP(n_keep, width, hidden_features, num_hidden_layers, activation)
+            net = MLP(n_keep, width, hidden_features, num_hidden_layers, activation, True, dtype)
             if coupling == "affine":
                 layers.append(AffineCoupling(m, net, scale_init=scale_init))
             else:
@@ -149,6 +175,7 @@ class RealNVP(Flow):
             "mask": first.tolist(),
             "standardize": standardize,
             "scale_init": scale_init,
+            "conditioner_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
         }
 
     @property

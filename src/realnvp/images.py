@@ -56,14 +56,20 @@ def dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
 
 class Dequantizer:
     """Dequantize training batches with noise drawn from ``(seed, step)`` alone, so a resumed
-    run (or another rank with another seed) sees exactly the noise it would have seen."""
+    run sees exactly the noise it would have seen. Under DistributedDataParallel the noise is
+    drawn for the global batch and rank ``r`` of ``N`` takes rows ``r::N``, as it does of the
+    batch: every rank gets different noise, and together they get the single-process noise."""
 
     def __init__(self, seed: int):
         self.seed = seed
 
     def __call__(self, x: Tensor, step: int) -> Tensor:
+        from realnvp.training import distributed
+
         g = torch.Generator(device=x.device).manual_seed(self.seed * 1_000_003 + step)
-        return dequantize(x, g)
+        n, r = distributed.world_size(), distributed.rank()
+        noise = torch.rand((len(x) * n, *x.shape[1:]), generator=g, device=x.device)
+        return x.to(torch.float32) + noise[r::n]
 
 
 class _MaskedInput(nn.Module):

