@@ -253,8 +253,8 @@ def moons_data(noise: float = 0.05):
     x_big = make_moons(BIG, noise=noise, random_state=2)[0]
     mean, std = x_train.mean(0), x_train.std(0)
     as_tensor = lambda a: torch.as_tensor((a - mean) / std, dtype=torch.float32)  # noqa: E731
-    # the exact limit, in the same standardized units
-    limit = -moons_log_density(x_test, noise).mean() + np.log(std).sum()
+    # the exact limit in the same standardized units: p_z(z) = p_x(x) * prod(std)
+    limit = -moons_log_density(x_test, noise).mean() - np.log(std).sum()
     return as_tensor(x_train), as_tensor(x_test), as_tensor(x_big), float(limit)
 
 
@@ -370,19 +370,20 @@ def throughput(args, x_train, x_big, out) -> None:
 
 def quality(args, x_train, x_test, limit, out) -> None:
     steps = 5000
-    idx = batches(len(x_train), steps, seed=7)
+    idx = batches(len(x_train), steps, seed=7 + args.seed)
     for name in args.libs:
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         model = MODELS[name](args.K)
         opt = model.optimizer()
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        seconds, reached = 0.0, None
+        seconds, reached, curve = 0.0, None, []
         for start in range(0, steps, 100):
             t = time.perf_counter()
             train_steps(model, opt, x_train, idx[start : start + 100], sched)
             seconds += time.perf_counter() - t
             with torch.no_grad():
                 nll = -model.log_prob(x_test).mean().item()
+            curve.append(nll)
             if reached is None and nll - limit < 0.02:
                 reached = (start + 100, seconds)
         log(
@@ -390,6 +391,7 @@ def quality(args, x_train, x_test, limit, out) -> None:
             {
                 "kind": "quality",
                 "K": args.K,
+                "seed": args.seed,
                 "lib": name,
                 "test_nll": nll,
                 "limit": limit,
@@ -397,12 +399,13 @@ def quality(args, x_train, x_test, limit, out) -> None:
                 "train_seconds": seconds,
                 "steps_to_0.02": None if reached is None else reached[0],
                 "seconds_to_0.02": None if reached is None else reached[1],
+                "test_nll_every_100_steps": curve,
             },
         )
 
 
 # -- the report --------------------------------------------------------------------------------
-def report(paths: list[str]) -> str:
+def report(paths: list[str], ours: str = "realnvp-compile") -> str:
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line]
     lines = []
     for k in sorted({r["K"] for r in rows if "K" in r}):
@@ -415,7 +418,7 @@ def report(paths: list[str]) -> str:
         }
         reps = len([r for r in tp if r["lib"] == libs[0]])
         lines += [
-            f"### K = {k} (median of {reps} interleaved repeats; ratio = realnvp / library)",
+            f"### K = {k} (median of {reps} interleaved repeats; ratio = {ours} / library)",
             "",
             "| library | train steps/s | ratio | log_prob points/s | ratio | samples/s | ratio |",
             "|---|---|---|---|---|---|---|",
@@ -424,10 +427,10 @@ def report(paths: list[str]) -> str:
             cells = []
             for key in ("train_steps_per_s", "log_prob_per_s", "sample_per_s"):
                 value = med[(lib, key)]
-                ours = med.get(("realnvp", key), math.nan)
+                ref = med.get((ours, key), math.nan)
                 cells += [
                     f"{value:,.0f}" if value > 1000 else f"{value:.1f}",
-                    f"{ours / value:.2f}",
+                    f"{ref / value:.2f}",
                 ]
             lines.append(f"| {lib} | " + " | ".join(cells) + " |")
         bare_rows = [r for r in rows if r["kind"] == "bare" and r["K"] == k]
@@ -436,8 +439,8 @@ def report(paths: list[str]) -> str:
             if values:
                 what = "matmuls + bias + ReLU" if relu else "matmuls alone"
                 value = statistics.median(values)
-                ours = med.get(("realnvp", "log_prob_per_s"), math.nan)
-                lines.append(f"| bare {what} | | | {value:,.0f} | {ours / value:.2f} | | |")
+                ref = med.get((ours, "log_prob_per_s"), math.nan)
+                lines.append(f"| bare {what} | | | {value:,.0f} | {ref / value:.2f} | | |")
         q = [r for r in rows if r["kind"] == "quality" and r["K"] == k]
         if q:
             lines += [
@@ -445,17 +448,40 @@ def report(paths: list[str]) -> str:
                 f"Quality at K = {k}: 5,000 steps, batch 512, Adam 1e-3 with cosine decay; "
                 f"exact limit {q[0]['limit']:.4f} nats (standardized units).",
                 "",
-                "| library | test NLL | gap to limit | train s | steps to within 0.02 "
+                "| library | seed | test NLL | gap to limit | train s | steps to within 0.02 "
                 "| s to within 0.02 |",
-                "|---|---|---|---|---|---|",
+                "|---|---|---|---|---|---|---|",
             ]
-            for r in q:
+            for r in sorted(q, key=lambda r: r.get("seed", 0)):
                 reach = "never" if r["steps_to_0.02"] is None else f"{r['steps_to_0.02']}"
                 secs = "" if r["seconds_to_0.02"] is None else f"{r['seconds_to_0.02']:.1f}"
                 lines.append(
-                    f"| {r['lib']} | {r['test_nll']:.4f} | {r['gap']:+.4f} | "
+                    f"| {r['lib']} | {r.get('seed', 0)} | {r['test_nll']:.4f} | {r['gap']:+.4f} | "
                     f"{r['train_seconds']:.1f} | {reach} | {secs} |"
                 )
+            seeded = {}
+            for r in q:
+                seeded.setdefault(r["lib"], []).append(r)
+            several = {lib: rs for lib, rs in seeded.items() if len(rs) > 1}
+            if several:
+                lines += [
+                    "",
+                    "| library | seeds | mean gap | sd | mean s to within 0.02 (runs that got "
+                    "there) |",
+                    "|---|---|---|---|---|",
+                ]
+                for lib, rs in several.items():
+                    gaps = [r["gap"] for r in rs]
+                    reached = [r["seconds_to_0.02"] for r in rs if r["seconds_to_0.02"] is not None]
+                    secs = (
+                        f"{statistics.mean(reached):.1f} ({len(reached)}/{len(rs)})"
+                        if reached
+                        else f"never (0/{len(rs)})"
+                    )
+                    lines.append(
+                        f"| {lib} | {len(rs)} | {statistics.mean(gaps):+.4f} | "
+                        f"{statistics.stdev(gaps):.4f} | {secs} |"
+                    )
         lines.append("")
     return "\n".join(lines)
 
@@ -468,13 +494,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--train-steps", type=int, default=500)
     parser.add_argument("--quality", action="store_true", help="also train 5,000 steps each")
+    parser.add_argument("--seed", type=int, default=0, help="quality: model seed and batch order")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--report", nargs="+", metavar="JSONL", help="print the Markdown tables")
+    parser.add_argument("--ours", default="realnvp-compile", help="the row the ratios refer to")
     args = parser.parse_args()
     if args.report:
-        print(report(args.report))
+        print(report(args.report, args.ours))
         return
     torch.set_num_threads(args.threads)
     if args.out is not None:

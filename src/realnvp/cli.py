@@ -275,6 +275,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # -- outputs -------------------------------------------------------------------------------
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot write to {path}: {error.strerror or error}") from None
+
+
 def _check_output(path: str) -> None:
     """Fail before any work when the output file cannot be written."""
     if path == "-":
@@ -338,10 +345,7 @@ def _prepare_run(args: argparse.Namespace) -> str:
     resolve_device(args.device)
     device = init_from_env(args.device)
     torch.manual_seed(args.seed)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot write to {args.out}: {error.strerror or error}") from None
+    _make_folder(args.out)
     return args.device if device is None else str(device)
 
 
@@ -591,10 +595,7 @@ def _plot(args: argparse.Namespace) -> int:
         raise UsageError("name the test images: realnvp plot RUN DATA --out DIR")
     args.data_seed = 1
     x = _test_images(args, spec, flow, config)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot write to {args.out}: {error.strerror or error}") from None
+    _make_folder(args.out)
     spread = lambda k: x[torch.linspace(0, len(x) - 1, min(k, len(x))).long()]  # noqa: E731
     figures = {
         "samples.png": plot_samples(flow, seed=args.seed),
@@ -679,10 +680,7 @@ def _run_study(args: argparse.Namespace) -> int:
         config = replace(config, model_seed=args.seed)
     if args.threads is not None:
         config = replace(config, threads=args.threads)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot write to {args.out}: {error.strerror or error}") from None
+    _make_folder(args.out)
     _check_output(str(args.out / "results.csv"))
     run_moons_study(config, args.out, log=lambda line: print(line, file=sys.stderr))
     return 0
