@@ -645,7 +645,7 @@ def _add_study(commands) -> None:
         commands,
         "study",
         "redraw a study's figures and table in one command",
-        "realnvp study moons --out results/moons   (about 12 minutes on 2 cores)\n"
+        "realnvp study moons --out results/moons   (about 9 minutes on 2 cores)\n"
         "  realnvp study moons --out /tmp/quick --quick   (under a minute)",
     )
     study.description = (
