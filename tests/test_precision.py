@@ -104,3 +104,16 @@ def test_compiled_flow_computes_the_same_density_and_inverse() -> None:
         z = eager.encode(x)
         assert (flow.decode(z) - x).abs().max() < 1e-5
         assert (flow.decode(z) - eager.decode(z)).abs().max() < 1e-5
+
+
+def test_bf16_autocast_training_learns_and_keeps_float32_weights() -> None:
+    torch.manual_seed(0)
+    flow = RealNVP(2, num_layers=4, hidden_features=32)
+    x = torch.randn(1024, 2) * torch.tensor([2.0, 0.5]) + torch.tensor([1.0, -1.0])
+    before = -flow.log_prob(x).mean().item()
+    config = TrainConfig(steps=150, batch_size=128, eval_every=50, bf16=True)
+    fit(flow, x, config=config)
+    with torch.no_grad():
+        after = -flow.log_prob(x).mean().item()
+    assert after < before - 0.3, (before, after)
+    assert all(p.dtype == torch.float32 for p in flow.parameters())

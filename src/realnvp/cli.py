@@ -370,78 +370,45 @@ def default_scales(height: int, width: int) -> int:
     return scales
 
 
-def _train_images(args: argparse.Namespace) -> int:
-    from realnvp.data.images import load_images
-    from realnvp.training import TrainConfig, train_run
-
-    data = load_images(args.data)
-    config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size or 64,
-        lr=args.lr,
-        grad_clip=100.0 if args.grad_clip is None else args.grad_clip,
-        scale_l2=5e-5 if args.l2 is None else args.l2,
-        bf16=args.bf16,
-        compile=args.compile,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        seed=args.seed,
-    )
-    model = {
-        "num_scales": args.scales or default_scales(*data.shape[1:]),
-        "hidden_channels": args.channels,
-        "num_blocks": args.blocks,
-    }
-    device = _prepare_run(args)
-    source = args.data if args.data in ("digits", "mnist5k") else str(Path(args.data).resolve())
-    _flow, history = train_run(
-        args.out,
-        data.train,
-        model,
-        config,
-        args.val_fraction,
-        args.resume,
-        device,
-        progress=not args.no_progress,
-        data_info={"source": source, "dataset": data.name},
-        levels=data.levels,
-    )
-    dims = math.prod(data.shape)
-    best = (
-        f"best validation {history.best_val_nll / (dims * math.log(2)):.4f} bits/dim "
-        f"at step {history.best_step}"
-    )
-    _report(history, args, best)
-    return 0
-
-
 def _train(args: argparse.Namespace) -> int:
-    from realnvp.data.images import is_image_source
+    from realnvp.data.images import is_image_source, load_images
     from realnvp.data.sources import load_data
     from realnvp.training import TrainConfig, train_run
 
-    if is_image_source(args.data):
-        return _train_images(args)
-    x, info = load_data(args.data, args.n, args.data_seed, args.drop_nonfinite, min_rows=2)
-    if x.shape[1] < 2:
-        raise UsageError(f"{args.data}: has {x.shape[1]} column; Real NVP needs at least 2")
+    if is_image_source(args.data):  # the multi-scale model, with the paper code's recipe
+        data = load_images(args.data)
+        x, levels = data.train, data.levels
+        source = args.data if args.data in ("digits", "mnist5k") else str(Path(args.data).resolve())
+        info = {"source": source, "dataset": data.name}
+        model = {
+            "num_scales": args.scales or default_scales(*data.shape[1:]),
+            "hidden_channels": args.channels,
+            "num_blocks": args.blocks,
+        }
+        batch_size, grad_clip, scale_l2 = 64, 100.0, 5e-5
+    else:
+        x, info = load_data(args.data, args.n, args.data_seed, args.drop_nonfinite, min_rows=2)
+        if x.shape[1] < 2:
+            raise UsageError(f"{args.data}: has {x.shape[1]} column; Real NVP needs at least 2")
+        levels = None
+        model = {
+            "num_layers": args.layers,
+            "hidden_features": args.hidden,
+            "num_hidden_layers": args.hidden_layers,
+        }
+        batch_size, grad_clip, scale_l2 = 512, None, 0.0
     config = TrainConfig(
         steps=args.steps,
-        batch_size=args.batch_size or 512,
+        batch_size=args.batch_size or batch_size,
         lr=args.lr,
-        grad_clip=args.grad_clip,
-        scale_l2=args.l2 or 0.0,
+        grad_clip=grad_clip if args.grad_clip is None else args.grad_clip,
+        scale_l2=scale_l2 if args.l2 is None else args.l2,
         bf16=args.bf16,
         compile=args.compile,
         eval_every=args.eval_every,
         patience=args.patience,
         seed=args.seed,
     )
-    model = {
-        "num_layers": args.layers,
-        "hidden_features": args.hidden,
-        "num_hidden_layers": args.hidden_layers,
-    }
     device = _prepare_run(args)
     _flow, history = train_run(
         args.out,
@@ -453,8 +420,15 @@ def _train(args: argparse.Namespace) -> int:
         device,
         progress=not args.no_progress,
         data_info=info,
+        levels=levels,
     )
-    best = f"best validation NLL {history.best_val_nll:.4f} at step {history.best_step}"
+    if levels:
+        from realnvp.images import bits_per_dim
+
+        bits = bits_per_dim(-history.best_val_nll, math.prod(x.shape[1:]))
+        best = f"best validation {bits:.4f} bits/dim at step {history.best_step}"
+    else:
+        best = f"best validation NLL {history.best_val_nll:.4f} at step {history.best_step}"
     _report(history, args, best)
     return 0
 
@@ -463,8 +437,8 @@ def _is_image_model(config: dict) -> bool:
     return config["model"].get("type") == "multiscale"
 
 
-def _test_images(args: argparse.Namespace, spec: str, flow, config: dict):
-    """The test split of ``spec``, checked against the model, dequantized with --data-seed."""
+def _test_images(spec: str, flow, config: dict, seed: int):
+    """The test split of ``spec``, checked against the model, dequantized with ``seed``."""
     import torch
 
     from realnvp.data.images import load_images
@@ -478,7 +452,7 @@ def _test_images(args: argparse.Namespace, spec: str, flow, config: dict):
             f"expects shape {tuple(model['shape'])} with {model['levels']} levels"
         )
     x = torch.as_tensor(data.test, device=next(flow.parameters()).device)
-    return dequantize(x, torch.Generator(device=x.device).manual_seed(args.data_seed))
+    return dequantize(x, torch.Generator(device=x.device).manual_seed(seed))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -486,7 +460,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     flow, config = _load(args)
     if _is_image_model(config):
-        x = _test_images(args, args.data, flow, config)
+        x = _test_images(args.data, flow, config, args.data_seed)
     else:
         x = _tensor(_data(args, args.data, min_rows=2, columns=config["model"]["features"]), flow)
     nll = evaluate_nll(flow, x).double().cpu().numpy()
@@ -497,9 +471,11 @@ def _eval(args: argparse.Namespace) -> int:
         "units": "nats per row, in the data's own units",
     }
     if _is_image_model(config):
-        bits = math.prod(config["model"]["shape"]) * math.log(2)
-        result["bits_per_dim"] = result["nll"] / bits
-        result["bits_per_dim_se"] = result["nll_se"] / bits
+        from realnvp.images import bits_per_dim
+
+        dims = math.prod(config["model"]["shape"])
+        result["bits_per_dim"] = bits_per_dim(-result["nll"], dims)
+        result["bits_per_dim_se"] = bits_per_dim(-result["nll_se"], dims)
         result["units"] = "nats per image, of dequantized pixels"
     if args.json:
         print(json.dumps(result))
@@ -593,8 +569,7 @@ def _plot(args: argparse.Namespace) -> int:
     spec = args.data or config.get("data", {}).get("source")
     if spec is None:
         raise UsageError("name the test images: realnvp plot RUN DATA --out DIR")
-    args.data_seed = 1
-    x = _test_images(args, spec, flow, config)
+    x = _test_images(spec, flow, config, seed=1)
     _make_folder(args.out)
     spread = lambda k: x[torch.linspace(0, len(x) - 1, min(k, len(x))).long()]  # noqa: E731
     figures = {
@@ -621,7 +596,7 @@ def _audit(args: argparse.Namespace) -> int:
         with torch.no_grad():
             x = flow.sample(4096, generator=torch.Generator().manual_seed(args.data_seed))
     elif _is_image_model(config):
-        x = _test_images(args, args.data, flow, config)
+        x = _test_images(args.data, flow, config, args.data_seed)
     else:
         x = _tensor(_data(args, args.data, columns=config["model"]["features"]), flow)
     report = audit(flow, x, max_points)

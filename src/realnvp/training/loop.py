@@ -322,7 +322,9 @@ class Trainer:
             self.callback(self.step, train_nll, val_nll)
 
     def _bpd(self, nll: float) -> float:
-        return nll / (self.dims * math.log(2))
+        from realnvp.images import bits_per_dim
+
+        return bits_per_dim(-nll, self.dims)
 
     def _checkpoint(self) -> None:
         from realnvp.training.checkpoint import atomic_write, save_training_state
