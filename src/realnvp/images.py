@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from realnvp import collectives
 from realnvp.bijections import (
     AffineCoupling,
     BatchNorm,
@@ -34,6 +35,7 @@ from realnvp.bijections import (
     checkerboard_mask,
 )
 from realnvp.distributions import StandardNormal
+from realnvp.errors import ConfigError
 from realnvp.flows import Flow
 from realnvp.nn import ResNet
 
@@ -64,10 +66,8 @@ class Dequantizer:
         self.seed = seed
 
     def __call__(self, x: Tensor, step: int) -> Tensor:
-        from realnvp.training import distributed
-
         g = torch.Generator(device=x.device).manual_seed(self.seed * 1_000_003 + step)
-        n, r = distributed.world_size(), distributed.rank()
+        n, r = collectives.world_size(), collectives.rank()
         noise = torch.rand((len(x) * n, *x.shape[1:]), generator=g, device=x.device)
         return x.to(torch.float32) + noise[r::n]
 
@@ -161,21 +161,21 @@ class MultiScaleRealNVP(Flow):
     ):
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"shape must be (channels, height, width), got {shape}")
+            raise ConfigError(f"shape must be (channels, height, width), got {shape}")
         if num_scales < 1 or hidden_channels < 1 or num_blocks < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need num_scales >= 1, hidden_channels >= 1, num_blocks >= 0; got "
                 f"{num_scales}, {hidden_channels}, {num_blocks}"
             )
         _, h, w = shape
         step = 2 ** (num_scales - 1)
         if h % step or w % step:
-            raise ValueError(
+            raise ConfigError(
                 f"{num_scales} scales need height and width divisible by {step}, got {h}x{w}; "
                 "pad or crop the images, or use fewer scales"
             )
         if h * w // step**2 < 2:
-            raise ValueError(f"the last scale would be 1x1; use fewer than {num_scales} scales")
+            raise ConfigError(f"the last scale would be 1x1; use fewer than {num_scales} scales")
         body = _scale(shape, num_scales, hidden_channels, num_blocks, batch_norm, scale_init)
         super().__init__(Compose([Logit(levels, alpha), body]), StandardNormal(shape))
         self.config: dict[str, Any] = {

@@ -6,6 +6,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from realnvp import collectives
+from realnvp.errors import ConfigError
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -21,7 +24,7 @@ def activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}"
         ) from None
 
@@ -54,7 +57,7 @@ class MLP(nn.Sequential):
         compute_dtype: torch.dtype | None = None,
     ):
         if min(in_features, out_features, hidden_features) < 1 or num_hidden_layers < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"invalid MLP sizes: in={in_features}, out={out_features}, "
                 f"hidden={hidden_features}, num_hidden_layers={num_hidden_layers}"
             )
@@ -80,6 +83,26 @@ class MLP(nn.Sequential):
         return h.to(x.dtype)
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training-mode moments are those of the global batch when the
+    model trains on several processes (torchrun), on CPU (gloo) as on GPU (nccl): N processes
+    then compute what one process computes on the whole batch. On one process it is
+    ``nn.BatchNorm2d`` itself (same parameters, buffers and state_dict keys)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and collectives.is_distributed()):
+            return super().forward(x)
+        mean, var, count = collectives.all_reduce_moments(x, [0, 2, 3])
+        with torch.no_grad():  # running averages as nn.BatchNorm2d keeps them (unbiased var)
+            self.num_batches_tracked.add_(1)
+            m = self.momentum if self.momentum is not None else 1 / int(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.detach(), m)
+            self.running_var.lerp_(var.detach() * count / (count - 1), m)
+        shape = (1, -1, 1, 1)
+        y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
+        return y * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+
 def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Module:
     """A weight-normalized convolution (Salimans and Kingma 2016), as in the paper's ResNets."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
@@ -90,10 +113,10 @@ class _ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.BatchNorm2d(channels),
+            BatchNorm2d(channels),
             nn.ReLU(),
             _conv(channels, channels),
-            nn.BatchNorm2d(channels),
+            BatchNorm2d(channels),
             nn.ReLU(),
             _conv(channels, channels),
         )
@@ -121,13 +144,13 @@ class ResNet(nn.Module):
     ):
         super().__init__()
         if min(in_channels, out_channels, hidden_channels) < 1 or num_blocks < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"invalid ResNet sizes: in={in_channels}, out={out_channels}, "
                 f"hidden={hidden_channels}, num_blocks={num_blocks}"
             )
         self.first = _conv(in_channels, hidden_channels)
         self.blocks = nn.Sequential(*[_ResidualBlock(hidden_channels) for _ in range(num_blocks)])
-        self.out_norm = nn.BatchNorm2d(hidden_channels)
+        self.out_norm = BatchNorm2d(hidden_channels)
         self.last = _conv(hidden_channels, out_channels)
         with torch.no_grad():
             self.last.parametrizations.weight.original0.zero_()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from realnvp import collectives
 from realnvp.bijections.base import Bijection
+from realnvp.errors import ConfigError
 
 
 class BatchNorm(Bijection):
@@ -34,9 +36,9 @@ class BatchNorm(Bijection):
     def __init__(self, features: int, momentum: float = 0.05, eps: float = 1e-4):
         super().__init__()
         if features < 1:
-            raise ValueError(f"features must be at least 1, got {features}")
+            raise ConfigError(f"features must be at least 1, got {features}")
         if not 0 < momentum <= 1:
-            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+            raise ConfigError(f"momentum must be in (0, 1], got {momentum}")
         self.momentum = momentum
         self.eps = eps
         self.register_buffer("running_mean", torch.zeros(features))
@@ -45,14 +47,13 @@ class BatchNorm(Bijection):
     def batch_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and (biased) variance of each feature over the batch and any spatial dims; under
         DistributedDataParallel, over the global batch of all ranks."""
-        from realnvp.training import distributed
-
         dims = [0, *range(2, x.dim())]
-        if distributed.is_distributed():  # the global batch's moments, across the ranks
-            return distributed.all_reduce_moments(x, dims)
+        if collectives.is_distributed():  # the global batch's moments, across the ranks
+            mean, var, _ = collectives.all_reduce_moments(x, dims)
+            return mean, var
         count = x.numel() // x.shape[1]
         if count < 2:
-            raise ValueError("batch norm in training mode needs more than one value per feature")
+            raise ConfigError("batch norm in training mode needs more than one value per feature")
         mean = x.mean(dims)
         var = (x - mean.reshape(1, -1, *[1] * (x.dim() - 2))).square().mean(dims)
         return mean, var

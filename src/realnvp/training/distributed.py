@@ -9,7 +9,9 @@ What each rank does, so that N processes reproduce one process with the same glo
 - dequantization noise is drawn for the whole global batch and sliced the same way, so each rank
   gets different noise and the union is the single-process noise;
 - the batch-norm bijection all-reduces its moments (``BatchNorm`` calls ``all_reduce_moments``),
-  because they enter the log-det; ``DistributedDataParallel`` averages the gradients;
+  because they enter the log-det, and so do the batch norms inside the ResNet conditioners
+  (``realnvp.nn.BatchNorm2d``, on CPU and GPU alike); ``DistributedDataParallel`` averages the
+  gradients;
 - reported losses and NLLs are all-reduced sums, so they are those of the global batch and the
   whole validation set; only rank 0 writes checkpoints and metrics.
 """
@@ -20,20 +22,26 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
 
+# The collectives live below the models, which need them; they are part of this module's API.
+from realnvp.collectives import (
+    all_reduce_moments,
+    all_reduce_sum,
+    is_distributed,
+    rank,
+    world_size,
+)
+from realnvp.errors import ConfigError
 
-def is_distributed() -> bool:
-    """Whether this process is one of several in an initialised process group."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+__all__ = [
+    "all_reduce_moments",
+    "all_reduce_sum",
+    "init_from_env",
+    "is_distributed",
+    "rank",
+    "shutdown",
+    "world_size",
+]
 
 
 def init_from_env(device: str = "auto") -> torch.device | None:
@@ -45,7 +53,7 @@ def init_from_env(device: str = "auto") -> torch.device | None:
     if not dist.is_initialized():
         use_cuda = device != "cpu" and torch.cuda.is_available()
         if device == "cuda" and not use_cuda:
-            raise ValueError("--device cuda was asked for, but no CUDA device is available")
+            raise ConfigError("device: 'cuda' was asked for, but no CUDA device is available")
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if use_cuda else "gloo")
@@ -57,40 +65,3 @@ def init_from_env(device: str = "auto") -> torch.device | None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_sum(value: Tensor) -> Tensor:
-    """The sum over ranks of ``value`` (no gradient); ``value`` itself when not distributed."""
-    if not is_distributed():
-        return value
-    value = value.detach().clone()
-    dist.all_reduce(value)
-    return value
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """The sum over ranks, differentiable: every rank's loss depends on every rank's input, so
-    the gradient is the sum over ranks too."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-def all_reduce_moments(x: Tensor, dims: list[int]) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance over ``dims`` of the global batch spread over the ranks, with
-    gradients (two passes: the mean, then the squared deviations from it)."""
-    all_reduce = _AllReduceSum.apply
-    count = all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
-    mean = all_reduce(x.sum(dims)) / count
-    centred = x - mean.reshape(1, -1, *[1] * (x.dim() - 2))
-    var = all_reduce(centred.square().sum(dims)) / count
-    return mean, var
