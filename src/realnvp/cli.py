@@ -26,6 +26,54 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line on stderr with exit code 2."""
 
 
+# -- train's defaults: what an option means when it is not given ----------------------------
+COMMON_DEFAULTS = {
+    "steps": 5000,
+    "lr": 1e-3,
+    "val_fraction": 0.1,
+    "eval_every": 100,
+    "patience": 20,
+    "seed": 0,
+}
+TABLE_DEFAULTS = {
+    "layers": 8,
+    "hidden": 128,
+    "hidden_layers": 2,
+    "batch_size": 512,
+    "grad_clip": None,
+    "l2": 0.0,
+}
+# the paper code's image recipe: batch 64, L2 5e-5, gradient-norm clip 100
+IMAGE_DEFAULTS = {"channels": 32, "blocks": 2, "batch_size": 64, "grad_clip": 100.0, "l2": 5e-5}
+# the model's and the recipe's parameters, and the option that sets each
+TABLE_MODEL_OPTIONS = {
+    "num_layers": "layers",
+    "hidden_features": "hidden",
+    "num_hidden_layers": "hidden_layers",
+}
+IMAGE_MODEL_OPTIONS = {
+    "num_scales": "scales",
+    "hidden_channels": "channels",
+    "num_blocks": "blocks",
+}
+TRAIN_OPTIONS = {
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "eval_every": "eval_every",
+    "patience": "patience",
+    "seed": "seed",
+    "grad_clip": "grad_clip",
+    "scale_l2": "l2",
+    "bf16": "bf16",
+    "compile": "compile",
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 # -- argument types: reject nonsense where it enters ---------------------------------------
 def _positive_int(text: str) -> int:
     try:
@@ -48,6 +96,13 @@ def _positive_float(text: str) -> float:
     value = _number(text)
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _number(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
     return value
 
 
@@ -124,21 +179,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data", metavar="DATA", help=data_help + image_help)
     p.add_argument("--out", required=True, type=Path, metavar="RUN", help="the run folder")
-    p.add_argument("--layers", type=_positive_int, default=8, help="coupling layers (default 8)")
-    p.add_argument("--hidden", type=_positive_int, default=128, help="conditioner width")
-    p.add_argument("--hidden-layers", type=_positive_int, default=2, help="conditioner depth")
-    p.add_argument("--steps", type=_positive_int, default=5000, help="training steps")
-    p.add_argument("--batch-size", type=_positive_int, help="default 512 for tables, 64 for images")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--val-fraction", type=_fraction, default=0.1)
-    p.add_argument("--eval-every", type=_positive_int, default=100)
+    p.add_argument(
+        "--layers", type=_positive_int, help=f"coupling layers (default {TABLE_DEFAULTS['layers']})"
+    )
+    p.add_argument(
+        "--hidden",
+        type=_positive_int,
+        help=f"conditioner width (default {TABLE_DEFAULTS['hidden']})",
+    )
+    p.add_argument(
+        "--hidden-layers",
+        type=_positive_int,
+        help=f"conditioner depth (default {TABLE_DEFAULTS['hidden_layers']})",
+    )
+    p.add_argument(
+        "--steps", type=_positive_int, help=f"training steps (default {COMMON_DEFAULTS['steps']})"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help=f"default {TABLE_DEFAULTS['batch_size']} for tables, "
+        f"{IMAGE_DEFAULTS['batch_size']} for images",
+    )
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        help=f"Adam learning rate (default {COMMON_DEFAULTS['lr']:g})",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        help=f"share of the rows held out for validation (default "
+        f"{COMMON_DEFAULTS['val_fraction']})",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        help=f"steps between evaluations (default {COMMON_DEFAULTS['eval_every']})",
+    )
     p.add_argument(
         "--patience",
         type=_positive_int,
-        default=20,
-        help="stop after this many evaluations without a better validation NLL",
+        help="stop after this many evaluations without a better validation NLL "
+        f"(default {COMMON_DEFAULTS['patience']})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the model, split and batches")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help=f"seed of the model, split and batches (default {COMMON_DEFAULTS['seed']})",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument(
         "--compile",
@@ -153,7 +242,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue RUN from its last checkpoint, with the settings it was started with",
+        help="continue RUN from its last checkpoint with exactly the settings it was started "
+        "with (data split included); only --device, --compile and --no-progress may differ, and "
+        "any other option given must repeat the saved value",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _data_options(p, default_seed=0)
@@ -163,15 +254,26 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="scales, the last included (default: halve while the side stays even and >= 4)",
     )
-    g.add_argument("--channels", type=_positive_int, default=32, help="ResNet width at scale 1")
-    g.add_argument("--blocks", type=_positive_int, default=2, help="residual blocks per ResNet")
     g.add_argument(
-        "--grad-clip", type=_positive_float, help="global gradient-norm clip (images: 100)"
+        "--channels",
+        type=_positive_int,
+        help=f"ResNet width at scale 1 (default {IMAGE_DEFAULTS['channels']})",
+    )
+    g.add_argument(
+        "--blocks",
+        type=_positive_int,
+        help=f"residual blocks per ResNet (default {IMAGE_DEFAULTS['blocks']})",
+    )
+    g.add_argument(
+        "--grad-clip",
+        type=_positive_float,
+        help=f"global gradient-norm clip (images: {IMAGE_DEFAULTS['grad_clip']:g}; tables: none)",
     )
     g.add_argument(
         "--l2",
-        type=float,
-        help="L2 on weight-norm magnitudes and log-scale bounds (images: 5e-5)",
+        type=_non_negative_float,
+        help=f"L2 on weight-norm magnitudes and log-scale bounds (images: "
+        f"{IMAGE_DEFAULTS['l2']:g}; tables: {TABLE_DEFAULTS['l2']:g})",
     )
     p.set_defaults(run=_train)
 
@@ -297,7 +399,7 @@ def _check_output(path: str) -> None:
 
 
 def _write_csv(path: str, array: np.ndarray, header: list[str]) -> None:
-    from realnvp.training.checkpoint import atomic_write
+    from realnvp.files import atomic_write
 
     def write(stream) -> None:
         stream.write(",".join(header) + "\n")
@@ -320,31 +422,44 @@ def _load(args: argparse.Namespace):
     return load_model(args.run_dir)
 
 
-def _data(args, spec: str, min_rows: int = 1, columns: int | None = None) -> np.ndarray:
-    from realnvp.data.sources import load_data
-
-    x, _ = load_data(spec, args.n, args.data_seed, args.drop_nonfinite, min_rows, columns)
-    return x
-
-
-def _tensor(x: np.ndarray, flow):
+def _rows(args, spec: str, flow, min_rows: int = 1, latent: bool = False):
+    """The rows of ``spec`` as a tensor for a table model: data in float64 (the flow standardizes
+    them in float64 before its own dtype), latents in the flow's dtype. A value that overflows
+    the flow's dtype, after standardization for data, is refused naming its row and column."""
     import torch
 
-    p = next(flow.parameters())
-    return torch.as_tensor(x, dtype=p.dtype, device=p.device)
+    from realnvp.bijections import Standardize
+    from realnvp.data.sources import load_data
+
+    standardize = isinstance(flow.transform[0], Standardize) and not latent
+    limit = float(torch.finfo(flow.dtype).max)
+
+    def representable(a: np.ndarray) -> np.ndarray:
+        if latent:
+            return np.abs(a) <= limit
+        return flow.in_range(torch.as_tensor(a)).cpu().numpy()
+
+    x, _ = load_data(
+        spec,
+        args.n,
+        args.data_seed,
+        args.drop_nonfinite,
+        min_rows,
+        flow.config["features"],
+        representable,
+    )
+    dtype = torch.float64 if standardize else flow.dtype
+    return torch.as_tensor(x, dtype=dtype, device=flow.device)
 
 
 def _prepare_run(args: argparse.Namespace) -> str:
-    """Refuse a missing GPU and an unwritable RUN before any work; seed the model; join the
-    process group when launched by torchrun. Returns the device to train on."""
-    import torch
-
+    """Refuse a missing GPU and an unwritable RUN before any work; join the process group when
+    launched by torchrun. Returns the device to train on."""
     from realnvp.training.distributed import init_from_env
     from realnvp.training.runs import resolve_device
 
     resolve_device(args.device)
     device = init_from_env(args.device)
-    torch.manual_seed(args.seed)
     _make_folder(args.out)
     return args.device if device is None else str(device)
 
@@ -370,58 +485,81 @@ def default_scales(height: int, width: int) -> int:
     return scales
 
 
+def _given(args: argparse.Namespace, options: dict[str, str]) -> dict:
+    """The options the user set on the command line, by the library's parameter names."""
+    values = {name: getattr(args, dest) for name, dest in options.items()}
+    return {name: v for name, v in values.items() if v is not None and v is not False}
+
+
 def _train(args: argparse.Namespace) -> int:
     from realnvp.data.images import is_image_source, load_images
     from realnvp.data.sources import load_data
     from realnvp.training import TrainConfig, train_run
+    from realnvp.training.runs import ResumeConflict, check_resume, saved_settings
 
     if is_image_source(args.data):  # the multi-scale model, with the paper code's recipe
         data = load_images(args.data)
         x, levels = data.train, data.levels
         source = args.data if args.data in ("digits", "mnist5k") else str(Path(args.data).resolve())
         info = {"source": source, "dataset": data.name}
-        model = {
-            "num_scales": args.scales or default_scales(*data.shape[1:]),
-            "hidden_channels": args.channels,
-            "num_blocks": args.blocks,
-        }
-        batch_size, grad_clip, scale_l2 = 64, 100.0, 5e-5
+        defaults = {**COMMON_DEFAULTS, **IMAGE_DEFAULTS, "scales": default_scales(*data.shape[1:])}
+        model_options = IMAGE_MODEL_OPTIONS
     else:
         x, info = load_data(args.data, args.n, args.data_seed, args.drop_nonfinite, min_rows=2)
         if x.shape[1] < 2:
             raise UsageError(f"{args.data}: has {x.shape[1]} column; Real NVP needs at least 2")
         levels = None
-        model = {
-            "num_layers": args.layers,
-            "hidden_features": args.hidden,
-            "num_hidden_layers": args.hidden_layers,
-        }
-        batch_size, grad_clip, scale_l2 = 512, None, 0.0
-    config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size or batch_size,
-        lr=args.lr,
-        grad_clip=grad_clip if args.grad_clip is None else args.grad_clip,
-        scale_l2=scale_l2 if args.l2 is None else args.l2,
-        bf16=args.bf16,
-        compile=args.compile,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        seed=args.seed,
-    )
+        defaults = {**COMMON_DEFAULTS, **TABLE_DEFAULTS}
+        model_options = TABLE_MODEL_OPTIONS
     device = _prepare_run(args)
-    _flow, history = train_run(
-        args.out,
-        x,
-        model,
-        config,
-        args.val_fraction,
-        args.resume,
-        device,
-        progress=not args.no_progress,
-        data_info=info,
-        levels=levels,
-    )
+    if args.resume:
+        saved = saved_settings(args.out)
+        given = {
+            "model": _given(args, model_options),
+            "train": _given(args, TRAIN_OPTIONS),
+            "data": _given(args, {"val_fraction": "val_fraction"}),
+        }
+        try:
+            check_resume(args.out, saved, given)
+        except ResumeConflict as conflict:
+            dest = {**model_options, **TRAIN_OPTIONS}.get(conflict.name, conflict.name)
+            raise UsageError(
+                f"{args.out}: was started with {_flag(dest)} {conflict.saved}, not "
+                f"{conflict.given}; a resumed run keeps its settings (leave the option out, or "
+                "start a new run with another --out)"
+            ) from None
+        config = TrainConfig(**{**saved["train"], "compile": args.compile})
+        model, val_fraction = None, None
+    else:
+
+        def value(dest: str):
+            given = getattr(args, dest)
+            return defaults[dest] if given is None else given
+
+        model = {name: value(dest) for name, dest in model_options.items()}
+        config = TrainConfig(**{name: value(dest) for name, dest in TRAIN_OPTIONS.items()})
+        val_fraction = value("val_fraction")
+    torch_seed(config.seed)
+    try:
+        _flow, history = train_run(
+            args.out,
+            x,
+            model,
+            config,
+            val_fraction,
+            args.resume,
+            device,
+            progress=not args.no_progress,
+            data_info=info,
+            levels=levels,
+        )
+    except FileExistsError as error:
+        if error.errno is not None:  # the system's, not the library's "already holds a run"
+            raise
+        raise UsageError(
+            f"{args.out}: already holds a run; pass --resume to continue it, or choose another "
+            "--out"
+        ) from None
     if levels:
         from realnvp.images import bits_per_dim
 
@@ -431,6 +569,12 @@ def _train(args: argparse.Namespace) -> int:
         best = f"best validation NLL {history.best_val_nll:.4f} at step {history.best_step}"
     _report(history, args, best)
     return 0
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def _is_image_model(config: dict) -> bool:
@@ -451,7 +595,7 @@ def _test_images(spec: str, flow, config: dict, seed: int):
             f"{spec}: images of shape {tuple(data.shape)} with {data.levels} levels; the model "
             f"expects shape {tuple(model['shape'])} with {model['levels']} levels"
         )
-    x = torch.as_tensor(data.test, device=next(flow.parameters()).device)
+    x = torch.as_tensor(data.test, device=flow.device)
     return dequantize(x, torch.Generator(device=x.device).manual_seed(seed))
 
 
@@ -462,7 +606,7 @@ def _eval(args: argparse.Namespace) -> int:
     if _is_image_model(config):
         x = _test_images(args.data, flow, config, args.data_seed)
     else:
-        x = _tensor(_data(args, args.data, min_rows=2, columns=config["model"]["features"]), flow)
+        x = _rows(args, args.data, flow, min_rows=2)
     nll = evaluate_nll(flow, x).double().cpu().numpy()
     result = {
         "nll": float(nll.mean()),
@@ -502,7 +646,7 @@ def _transform(args: argparse.Namespace) -> int:
             "(use the Python API's log_prob/encode/decode for images)"
         )
     d = config["model"]["features"]
-    x = _tensor(_data(args, args.data, columns=d), flow)
+    x = _rows(args, args.data, flow, latent=args.which == "decode")
     with torch.inference_mode():
         if args.which == "score":
             out, header = flow.log_prob(x)[:, None], ["log_prob"]
@@ -510,7 +654,15 @@ def _transform(args: argparse.Namespace) -> int:
             out, header = flow.encode(x), [f"z{i + 1}" for i in range(d)]
         else:
             out, header = flow.decode(x), [f"x{i + 1}" for i in range(d)]
-    _write_csv(args.output, out.double().cpu().numpy(), header)
+    out = out.double().cpu().numpy()
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        raise UsageError(
+            f"{args.data}: row {int(np.argmax(bad)) + 1} ({int(bad.sum())} rows in all) gives a "
+            f"non-finite {header[0] if args.which == 'score' else 'value'}: the row is too far "
+            "outside what the model was trained on; nothing was written"
+        )
+    _write_csv(args.output, out, header)
     return 0
 
 
@@ -522,7 +674,7 @@ def _sample(args: argparse.Namespace) -> int:
     image = _is_image_model(config)
     if image and Path(args.output).suffix not in (".png", ".npy"):
         raise UsageError(f"{args.output}: an image model writes a .png grid or a .npy array")
-    generator = torch.Generator(device=next(flow.parameters()).device).manual_seed(args.seed)
+    generator = torch.Generator(device=flow.device).manual_seed(args.seed)
     with torch.inference_mode():
         x = flow.sample(args.n, args.temperature, generator=generator)
     if image:
@@ -541,8 +693,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def _write_images(path: Path, x, levels: int) -> None:
     """Samples as discrete grey levels: a .npy array (N, C, H, W) of uint8, or a .png grid."""
+    from realnvp.files import atomic_write
     from realnvp.plots.images import mosaic, to_pixels
-    from realnvp.training.checkpoint import atomic_write
 
     pixels = to_pixels(x, levels)
     if path.suffix == ".npy":
@@ -561,6 +713,7 @@ def _write_images(path: Path, x, levels: int) -> None:
 def _plot(args: argparse.Namespace) -> int:
     import torch
 
+    from realnvp.plots import save_figure
     from realnvp.plots.images import plot_manifold, plot_reconstructions, plot_samples
 
     flow, config = _load(args)
@@ -578,7 +731,7 @@ def _plot(args: argparse.Namespace) -> int:
         "manifold.png": plot_manifold(flow, spread(4)),
     }
     for name, figure in figures.items():
-        figure.savefig(args.out / name, dpi=150)
+        save_figure(figure, args.out / name, dpi=150)
         print(args.out / name)
     return 0
 
@@ -598,7 +751,7 @@ def _audit(args: argparse.Namespace) -> int:
     elif _is_image_model(config):
         x = _test_images(args.data, flow, config, args.data_seed)
     else:
-        x = _tensor(_data(args, args.data, columns=config["model"]["features"]), flow)
+        x = _rows(args, args.data, flow)
     report = audit(flow, x, max_points)
     ok_inv = report["inverse_error"] <= args.inverse_tol
     ok_det = report["log_det_error"] <= args.log_det_tol
@@ -663,6 +816,7 @@ def _run_study(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``realnvp`` and ``python -m realnvp``; returns the exit code."""
+    from realnvp.errors import ConfigError
     from realnvp.training.checkpoint import CheckpointError
 
     parser = _parser()
@@ -675,7 +829,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.run(args) or 0)
-    except (UsageError, DataError, CheckpointError, FileExistsError, ValueError) as error:
+    except (UsageError, DataError, CheckpointError, ConfigError) as error:
+        # Errors a user can cause. Any other exception is a bug and keeps its traceback.
         print(f"realnvp {args.command}: error: {error}", file=sys.stderr)
         return 2
     except FloatingPointError as error:

@@ -63,8 +63,7 @@ def _grid_lines(
 
 @torch.no_grad()
 def _apply(fn, points: NDArray, flow: Flow) -> NDArray:
-    p = next(flow.parameters())
-    return fn(torch.as_tensor(points, dtype=p.dtype, device=p.device)).cpu().numpy()
+    return fn(torch.as_tensor(points, dtype=flow.dtype, device=flow.device)).cpu().numpy()
 
 
 def _draw_lines(ax: Axes, lines: Sequence[NDArray]) -> None:

@@ -9,6 +9,7 @@ writes ``fig1_mapping.png`` to ``fig4_latent.png``, ``results.csv``, ``results.m
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import platform
@@ -22,6 +23,8 @@ import torch
 
 from realnvp import RealNVP, __version__
 from realnvp.data.moons import moons, moons_log_density
+from realnvp.files import atomic_write
+from realnvp.plots import save_figure
 from realnvp.plots.moons import (
     DepthResult,
     plot_densities,
@@ -130,7 +133,8 @@ def run_moons_study(
         f"(noise {config.noise})"
     )
 
-    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    # float64 up to the flow's own standardization (see Standardize)
+    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
     t_train, t_val, t_test = as_tensor(x_train), as_tensor(x_val), as_tensor(x_test)
 
     rows: list[dict] = []
@@ -187,7 +191,7 @@ def run_moons_study(
         "fig4_latent.png": plot_latents(results, x_test[:3000], y_test[:3000]),
     }
     for name, fig in figures.items():
-        fig.savefig(out / name, dpi=110)
+        save_figure(fig, out / name, dpi=110)
     meta = {
         "realnvp": __version__,
         "torch": torch.__version__,
@@ -195,9 +199,8 @@ def run_moons_study(
         "threads": torch.get_num_threads(),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (out / "config.json").write_text(
-        json.dumps({"study": "moons", **config.to_dict(), "environment": meta}, indent=2) + "\n"
-    )
+    text = json.dumps({"study": "moons", **config.to_dict(), "environment": meta}, indent=2)
+    atomic_write(out / "config.json", lambda tmp: tmp.write_text(text + "\n"))
     log(
         f"wrote {', '.join(sorted(figures))}, results.csv, results.md, config.json to {out} "
         f"in {meta['seconds']:.0f} s"
@@ -206,10 +209,11 @@ def run_moons_study(
 
 
 def _write_tables(rows: list[dict], config: MoonsStudyConfig, out: Path) -> None:
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / "results.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
     t = config.train
     lines = [
         f"Two moons, noise {config.noise}: {config.n_train:,} training points "
@@ -229,4 +233,5 @@ def _write_tables(rows: list[dict], config: MoonsStudyConfig, out: Path) -> None
             f"| {r['test_nll']:.4f} ± {r['test_nll_se']:.4f} | {r['limit_nll']:.4f} "
             f"| {r['gap']:+.4f} ± {r['gap_se']:.4f} | {r['max_inverse_error']:.1e} |"
         )
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    atomic_write(out / "results.md", lambda tmp: tmp.write_text(text))

@@ -1,21 +1,23 @@
 """Checkpoints that are safe to load: tensors in safetensors, everything else in JSON.
 
 Nothing is ever unpickled, so loading a checkpoint cannot run code. Every file is written to a
-temporary file in the same folder and renamed over the old one, so a crash while writing leaves
-the previous checkpoint intact.
+temporary file in the same folder, flushed to disk (``fsync``), and renamed over the old one, and
+the rename is flushed too, so a crash or a power cut while writing leaves the previous file
+intact.
 
 A run folder holds:
 
 - ``model.safetensors`` and ``model.json``: the best weights so far, and what rebuilds the model
   (its constructor arguments and the data's statistics); what ``eval``/``sample``/... load.
-- ``last.safetensors``: the training state for ``--resume`` (weights, optimizer, step, history).
+- ``last.safetensors``: the training state for ``--resume``, complete on its own: weights, best
+  weights so far, optimizer, step, history, recipe, and the run's settings (data fingerprint,
+  validation split).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +26,29 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from realnvp.files import atomic_write
 from realnvp.flows import Flow, RealNVP
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write",
+    "build_and_load",
+    "build_flow",
+    "load_model",
+    "load_training_state",
+    "read_model_config",
+    "save_model",
+    "save_training_state",
+]
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model.json"
 TRAINING_STATE = "last.safetensors"
 FORMAT = "realnvp-checkpoint-1"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged, or belongs to another model."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename the temporary file over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> None:
@@ -72,7 +71,21 @@ def _load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         ) from None
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a realnvp checkpoint (no '{FORMAT}' marker)")
-    return tensors, {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    except ValueError:
+        raise CheckpointError(f"{path}: damaged metadata (not JSON)") from None
+    return tensors, meta
+
+
+def _require(mapping: object, keys: Iterable[str], source: Path, what: str) -> dict[str, Any]:
+    """``mapping`` itself, after checking that it is a dict holding ``keys``."""
+    if not isinstance(mapping, dict):
+        raise CheckpointError(f"{source}: damaged checkpoint ({what} is not a mapping)")
+    missing = [k for k in keys if k not in mapping]
+    if missing:
+        raise CheckpointError(f"{source}: damaged checkpoint ({what} lacks {', '.join(missing)})")
+    return mapping
 
 
 def save_model(run: Path, flow: Flow, info: dict[str, Any]) -> None:
@@ -113,7 +126,7 @@ def build_and_load(config: dict[str, Any], tensors: dict[str, Tensor], source: P
     """Rebuild a flow from its config and load weights that must match it exactly."""
     try:
         flow = build_flow(config)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, AttributeError) as error:
         raise CheckpointError(f"{source}: bad model config ({error})") from None
     expected = flow.state_dict()
     if set(expected) != set(tensors) or any(
@@ -127,9 +140,9 @@ def build_and_load(config: dict[str, Any], tensors: dict[str, Tensor], source: P
 def load_model(run: Path) -> tuple[Flow, dict[str, Any]]:
     """The best model of a run folder, in evaluation mode, and its ``model.json``."""
     run = Path(run)
-    config = read_model_config(run)
+    config = _require(read_model_config(run), ["model"], run / MODEL_CONFIG, "the config")
     tensors, meta = _load_tensors(run / MODEL_WEIGHTS)
-    if meta.get("model") != config.get("model"):
+    if meta.get("model") != config["model"]:
         raise CheckpointError(
             f"{run}: {MODEL_WEIGHTS} and {MODEL_CONFIG} are from different models"
         )
@@ -138,11 +151,18 @@ def load_model(run: Path) -> tuple[Flow, dict[str, Any]]:
 
 
 def save_training_state(
-    run: Path, flow: Flow, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    run: Path,
+    flow: Flow,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    best: dict[str, Tensor] | None = None,
 ) -> None:
-    """Everything ``--resume`` needs: weights, optimizer moments, and the JSON ``state``
-    (step, scheduler, history, ...)."""
+    """Everything ``--resume`` needs, in one file written at once: the weights, the best weights
+    so far (``best``, if any), the optimizer moments, and the JSON ``state`` (step, scheduler,
+    history, recipe, the run's settings)."""
     tensors = {f"model.{k}": v for k, v in flow.state_dict().items()}
+    if best is not None:
+        tensors.update({f"best.{k}": v for k, v in best.items()})
     opt = optimizer.state_dict()
     for index, slots in opt["state"].items():
         for name, value in slots.items():
@@ -151,17 +171,40 @@ def save_training_state(
     _save_tensors(Path(run) / TRAINING_STATE, tensors, meta)
 
 
+#: what the JSON state of ``last.safetensors`` must hold to resume
+STATE_KEYS = ("step", "bad_evals", "history", "scheduler", "config")
+
+
 def load_training_state(
     run: Path,
-) -> tuple[Flow, dict[str, Any], dict[str, Any]]:
-    """The flow, the optimizer's state_dict and the JSON state saved by ``save_training_state``."""
+) -> tuple[Flow, dict[str, Any], dict[str, Any], dict[str, Tensor] | None]:
+    """The flow, the optimizer's state_dict, the JSON state and the best weights (None if no
+    validation NLL was finite yet) saved by ``save_training_state``; every part checked."""
     path = Path(run) / TRAINING_STATE
     tensors, meta = _load_tensors(path)
-    model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    flow = build_and_load(meta["model"], model, path)
+    _require(meta, ["model", "param_groups", "state"], path, "the metadata")
+    state = _require(meta["state"], STATE_KEYS, path, "the training state")
+    groups = meta["param_groups"]
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
+    ):
+        raise CheckpointError(f"{path}: damaged checkpoint (bad optimizer param_groups)")
+    parts: dict[str, dict[str, Tensor]] = {"model.": {}, "best.": {}}
     slots: dict[int, dict[str, Tensor]] = {}
     for key, value in tensors.items():
-        if key.startswith("optimizer."):
+        prefix = key[: key.find(".") + 1]
+        if prefix in parts:
+            parts[prefix][key[len(prefix) :]] = value
+        elif prefix == "optimizer." and key.count(".") >= 2 and key.split(".")[1].isdigit():
             _, index, name = key.split(".", 2)
             slots.setdefault(int(index), {})[name] = value
-    return flow, {"state": slots, "param_groups": meta["param_groups"]}, meta["state"]
+        else:
+            raise CheckpointError(f"{path}: damaged checkpoint (unexpected tensor {key!r})")
+    flow = build_and_load(meta["model"], parts["model."], path)
+    best = None
+    if parts["best."]:
+        best = build_and_load(meta["model"], parts["best."], path).state_dict()
+    indices = {i for g in groups for i in g["params"]}
+    if slots and (not set(slots) <= indices or len({frozenset(v) for v in slots.values()}) != 1):
+        raise CheckpointError(f"{path}: damaged checkpoint (optimizer state of other parameters)")
+    return flow, {"state": slots, "param_groups": groups}, state, best
