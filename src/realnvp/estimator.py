@@ -9,6 +9,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from realnvp.errors import ConfigError
 from realnvp.training.loop import TrainConfig, Trainer, evaluate_nll
 from realnvp.training.runs import resolve_device, split, standardized_flow
 
@@ -66,7 +67,7 @@ class RealNVPDensity(BaseEstimator):
         """Fit the density of the rows of X, shape (n_samples, n_features >= 2)."""
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         if X.shape[1] < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"Real NVP needs at least 2 features to couple; got {X.shape[1]} feature"
             )
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
@@ -85,8 +86,8 @@ class RealNVPDensity(BaseEstimator):
             seed=seed,
             eval_every=max(1, min(100, self.steps)),
         )
-        device = next(flow.parameters()).device
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        # float64 up to the flow's own standardization (see Standardize)
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64, device=flow.device)  # noqa: E731
         x_val_t = as_tensor(x_val) if len(x_val) else None
         self.history_ = Trainer(flow, as_tensor(x_train), x_val_t, config).fit()
         self.flow_ = flow.eval()
@@ -96,8 +97,14 @@ class RealNVPDensity(BaseEstimator):
         """Log-density of each row of X, in X's units: shape (n_samples,)."""
         check_is_fitted(self, "flow_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        device = next(self.flow_.parameters()).device
-        x = torch.as_tensor(X, dtype=torch.float32, device=device)
+        x = torch.as_tensor(X, dtype=torch.float64, device=self.flow_.device)
+        ok = self.flow_.in_range(x)
+        if not bool(ok.all()):
+            row, col = (int(i) for i in (~ok).nonzero()[0])
+            raise ValueError(
+                f"X[{row}, {col}] = {X[row, col]:g} is out of the range the model computes in "
+                "(it overflows float32 after standardization)"
+            )
         return -evaluate_nll(self.flow_, x).double().cpu().numpy()
 
     def score(self, X: ArrayLike, y: None = None) -> float:
@@ -108,7 +115,7 @@ class RealNVPDensity(BaseEstimator):
         """Draw ``n_samples`` rows from the fitted density."""
         check_is_fitted(self, "flow_")
         seed = int(check_random_state(random_state).randint(2**31 - 1))
-        generator = torch.Generator(device=next(self.flow_.parameters()).device).manual_seed(seed)
+        generator = torch.Generator(device=self.flow_.device).manual_seed(seed)
         with torch.inference_mode():
             x = self.flow_.sample(n_samples, generator=generator)
         return x.double().cpu().numpy()

@@ -55,6 +55,7 @@ class Compose(Bijection):
     The log-determinants add, by the chain rule.
 
     Example:
+        >>> import torch
         >>> from realnvp.bijections import Compose, Permutation
         >>> f = Compose([Permutation(torch.tensor([1, 0])), Permutation(torch.tensor([1, 0]))])
         >>> z, log_det = f(torch.tensor([[1.0, 2.0]]))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from realnvp.bijections.base import Bijection, sum_except_batch
 from realnvp.bijections.masks import validate_mask
+from realnvp.errors import ConfigError
 
 
 class _Coupling(Bijection):
@@ -72,6 +73,10 @@ class _Coupling(Bijection):
         return s.sum(dim=1) if self.by_index else sum_except_batch(s)
 
 
+#: the default cap on an affine coupling's log-scale: a factor of at most e^5 ~ 148 per layer
+MAX_SCALE = 5.0
+
+
 class AffineCoupling(_Coupling):
     """Real NVP affine coupling:
     ``z[keep] = x[keep]``, ``z[rest] = x[rest] * exp(s(x[keep])) + t(x[keep])``,
@@ -84,13 +89,21 @@ class AffineCoupling(_Coupling):
     starts as the identity; ``scale`` then starts at ``scale_init``, not at 0 as in the paper's
     code, because a zero scale and a zero last layer would leave each other without gradient.
 
+    The bound is capped: ``s = clamp(scale, -max_scale, max_scale) * tanh(raw_s)``, so
+    ``|s| <= max_scale`` whatever the training does (without the cap ``scale`` is a free
+    parameter that can grow without limit, e.g. on a column of repeated values, until
+    ``exp(s)`` overflows). The cap changes nothing while ``|scale| < max_scale``; the image
+    recipe also puts an L2 penalty on ``scale`` (``TrainConfig.scale_l2``).
+
     Args:
         mask: boolean, True for the features kept and conditioned on; shape ``(D,)`` or the event
             shape.
         conditioner: the network computing ``(raw_s, t)`` from the kept features.
         scale_init: initial bound on ``|s|`` per layer.
+        max_scale: the cap on ``|s|`` (None: no cap).
 
     Example:
+        >>> import torch
         >>> from realnvp.nn import MLP
         >>> layer = AffineCoupling(torch.tensor([True, False]), MLP(1, 2, hidden_features=16))
         >>> z, log_det = layer(torch.randn(5, 2))
@@ -100,8 +113,17 @@ class AffineCoupling(_Coupling):
 
     params_per_feature = 2
 
-    def __init__(self, mask: Tensor, conditioner: nn.Module, scale_init: float = 2.0):
+    def __init__(
+        self,
+        mask: Tensor,
+        conditioner: nn.Module,
+        scale_init: float = 2.0,
+        max_scale: float | None = MAX_SCALE,
+    ):
         super().__init__(mask, conditioner)
+        if max_scale is not None and not max_scale > 0:
+            raise ConfigError(f"max_scale must be positive or None, got {max_scale}")
+        self.max_scale = max_scale
         if self.by_index:
             shape: tuple[int, ...] = (self.num_transformed,)
         else:
@@ -110,7 +132,10 @@ class AffineCoupling(_Coupling):
 
     def _scale_shift(self, keep: Tensor) -> tuple[Tensor, Tensor]:
         raw_s, t = self._params(keep)
-        return self.scale * torch.tanh(raw_s), t  # tanh(0) = 0 where the mask keeps
+        bound = self.scale
+        if self.max_scale is not None:
+            bound = bound.clamp(-self.max_scale, self.max_scale)
+        return bound * torch.tanh(raw_s), t  # tanh(0) = 0 where the mask keeps
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         keep, rest = self._split(x)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from realnvp.bijections.base import Bijection, sum_except_batch
+from realnvp.errors import ConfigError
 
 
 class Permutation(Bijection):
@@ -23,7 +24,7 @@ class Permutation(Bijection):
         super().__init__()
         perm = torch.as_tensor(perm, dtype=torch.long)
         if perm.dim() != 1 or not torch.equal(perm.sort().values, torch.arange(perm.numel())):
-            raise ValueError(f"perm must be a permutation of 0..D-1, got {perm.tolist()}")
+            raise ConfigError(f"perm must be a permutation of 0..D-1, got {perm.tolist()}")
         self.register_buffer("perm", perm)
         self.register_buffer("inverse_perm", torch.argsort(perm))
 
@@ -38,11 +39,18 @@ class Standardize(Bijection):
     """A fixed elementwise affine map, ``z = (x - mean) / std``, with
     ``log|det dz/dx| = -sum(log std)``.
 
-    Put first in a flow, it lets the flow train on standardized data while ``log_prob`` stays a
+    Put first in a flow, it lets the flow train on standardized values while ``log_prob`` stays a
     density in the data's own units. ``mean`` and ``std`` are buffers: saved with the model,
     never trained.
 
+    It is where the user's data meet the model, so it works in float64 whatever the model's
+    dtype: the statistics are float64 buffers (kept so by ``.float()`` and ``.to()``), ``forward``
+    takes data in any float dtype, standardizes them in float64 and only then casts to the model's
+    dtype, and ``inverse`` returns float64 data. A column of values near ``1e7`` thus keeps its
+    digits, which float32 (7 significant digits) would round away before the subtraction.
+
     Example:
+        >>> import torch
         >>> f = Standardize(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]))
         >>> z, log_det = f(torch.tensor([[3.0, 6.0]]))
         >>> z.tolist(), round(log_det.item(), 4)
@@ -51,30 +59,44 @@ class Standardize(Bijection):
 
     def __init__(self, mean: Tensor, std: Tensor):
         super().__init__()
-        mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        std = torch.as_tensor(std, dtype=torch.float64)
         if mean.shape != std.shape:
-            raise ValueError(f"mean {tuple(mean.shape)} and std {tuple(std.shape)} differ in shape")
+            raise ConfigError(
+                f"mean {tuple(mean.shape)} and std {tuple(std.shape)} differ in shape"
+            )
         if not bool((std > 0).all()):
-            raise ValueError("every std must be positive")
+            raise ConfigError("every std must be positive")
         self.register_buffer("mean", mean.clone())
         self.register_buffer("std", std.clone())
+        # Follows the model's casts and moves: the dtype and device that ``forward`` returns.
+        self.register_buffer("_like", torch.zeros(()), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        stats = {"mean": self.mean, "std": self.std}
+        super()._apply(fn, recurse)
+        for name, value in stats.items():  # moved with the model, but never cast down
+            setattr(self, name, value.to(self._like.device, torch.float64))
+        return self
 
     @torch.no_grad()
     def set_statistics(self, mean: Tensor, std: Tensor) -> None:
-        """Overwrite the mean and std in place (device and dtype are kept)."""
-        if not bool((torch.as_tensor(std) > 0).all()):
-            raise ValueError("every std must be positive")
-        self.mean.copy_(torch.as_tensor(mean))
-        self.std.copy_(torch.as_tensor(std))
+        """Overwrite the mean and std in place (stored in float64)."""
+        std = torch.as_tensor(std, dtype=torch.float64)
+        if not bool((std > 0).all()):
+            raise ConfigError("every std must be positive")
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float64))
+        self.std.copy_(std)
 
     def _log_det(self, x: Tensor) -> Tensor:
-        return (-torch.log(self.std).sum()).expand(x.shape[0])
+        return (-torch.log(self.std).sum()).to(self._like.dtype).expand(x.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return (x - self.mean) / self.std, self._log_det(x)
+        z = (x.to(torch.float64) - self.mean) / self.std
+        return z.to(self._like.dtype), self._log_det(x)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return z * self.std + self.mean, -self._log_det(z)
+        return z.to(torch.float64) * self.std + self.mean, -self._log_det(z)
 
 
 class Logit(Bijection):
@@ -97,9 +119,9 @@ class Logit(Bijection):
     def __init__(self, levels: int = 256, alpha: float = 0.05):
         super().__init__()
         if levels < 2:
-            raise ValueError(f"levels must be at least 2, got {levels}")
+            raise ConfigError(f"levels must be at least 2, got {levels}")
         if not 0 <= alpha < 0.5:
-            raise ValueError(f"alpha must be in [0, 0.5), got {alpha}")
+            raise ConfigError(f"alpha must be in [0, 0.5), got {alpha}")
         self.levels = levels
         self.alpha = alpha
         self.log_slope = math.log((1 - 2 * alpha) / levels)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from realnvp.errors import ConfigError
+
 
 def half_mask(features: int, first: bool = True) -> Tensor:
     """Keep the first ``ceil(D / 2)`` features (``first=True``) or the complement.
@@ -15,7 +17,7 @@ def half_mask(features: int, first: bool = True) -> Tensor:
         ([True, True, True, False, False], [False, False, False, True, True])
     """
     if features < 2:
-        raise ValueError(f"a coupling needs at least 2 features, got features={features}")
+        raise ConfigError(f"a coupling needs at least 2 features, got features={features}")
     mask = torch.arange(features) < (features + 1) // 2
     return mask if first else ~mask
 
@@ -30,11 +32,11 @@ def validate_mask(mask: Tensor) -> Tensor:
     """Check a user's mask: boolean, with at least one kept and one transformed entry."""
     mask = torch.as_tensor(mask)
     if mask.dtype != torch.bool:
-        raise ValueError(f"a mask must be boolean, got dtype {mask.dtype}")
+        raise ConfigError(f"a mask must be boolean, got dtype {mask.dtype}")
     if mask.dim() == 0:
-        raise ValueError("a mask needs at least one dimension")
+        raise ConfigError("a mask needs at least one dimension")
     if bool(mask.all()) or not bool(mask.any()):
-        raise ValueError(
+        raise ConfigError(
             "a mask must keep at least one feature (True) and transform at least one (False)"
         )
     return mask
@@ -49,7 +51,7 @@ def checkerboard_mask(channels: int, height: int, width: int, parity: int = 1) -
         [[False, True], [True, False]]
     """
     if min(channels, height, width) < 1 or height * width < 2:
-        raise ValueError(
+        raise ConfigError(
             f"a checkerboard needs at least 2 pixels, got shape ({channels}, {height}, {width})"
         )
     ij = torch.arange(height)[:, None] + torch.arange(width)[None, :]
@@ -65,6 +67,6 @@ def channel_mask(channels: int, height: int, width: int, first: bool = True) -> 
         [True, True, False, False]
     """
     if channels < 2 or channels % 2:
-        raise ValueError(f"a channel mask needs an even number of channels, got {channels}")
+        raise ConfigError(f"a channel mask needs an even number of channels, got {channels}")
     keep = torch.arange(channels) < channels // 2
     return (keep if first else ~keep)[:, None, None].expand(channels, height, width).clone()

@@ -169,7 +169,24 @@ def read_cifar_batch(path: Path) -> NDArray[np.uint8]:
     data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: expected a dict whose 'data' is a uint8 array of shape (N, 3072)")
-    return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return as_grey_levels(data, path).reshape(-1, 3, 32, 32)
+
+
+def as_grey_levels(data: NDArray, source: Path | str) -> NDArray[np.uint8]:
+    """``data`` as uint8 grey levels, refusing what a cast would change: a float or signed array
+    is accepted only if every value is a whole number in 0..255, naming the first that is not."""
+    if data.dtype == np.uint8:
+        return data
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise DataError(f"{source}: expected uint8 pixels, got dtype {data.dtype}")
+    bad = ~((data >= 0) & (data <= 255) & (data == np.floor(data)))
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"{source}: pixel {index} is {data[index].item()!r}; expected whole grey levels 0..255 "
+            f"(uint8), got dtype {data.dtype}"
+        )
+    return data.astype(np.uint8)
 
 
 def load_cifar10(folder: Path) -> ImageData:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from realnvp.data.tabular import DataError, load_table
+from realnvp.data.tabular import DataError, check_representable, load_table
 from realnvp.data.toy import TOY_DATASETS, toy_data
 
 
@@ -18,13 +19,16 @@ def load_data(
     drop_nonfinite: bool = False,
     min_rows: int = 1,
     columns: int | None = None,
+    representable: Callable[[NDArray], NDArray] | None = None,
 ) -> tuple[NDArray, dict]:
     """Rows of a built-in data set (``n`` of them, drawn with ``seed``) or of a CSV/.npy/.npz
-    file; returns (N, D) float64 and a description for the run's records."""
+    file; returns (N, D) float64 and a description for the run's records. ``representable``:
+    see ``load_table``."""
     if spec in TOY_DATASETS and not Path(spec).exists():
         x = toy_data(spec, n, seed)
         if columns is not None and columns != 2:
             raise DataError(f"{spec}: has 2 columns, the model expects {columns}")
+        check_representable(x, representable, spec)
         return x, {"source": spec, "builtin": True, "n": n, "seed": seed}
-    x = load_table(spec, drop_nonfinite=drop_nonfinite, min_rows=min_rows, columns=columns)
+    x = load_table(spec, drop_nonfinite, min_rows, columns, representable)
     return np.asarray(x), {"source": str(Path(spec).resolve()), "builtin": False}

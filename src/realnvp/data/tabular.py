@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,7 @@ def load_table(
     drop_nonfinite: bool = False,
     min_rows: int = 1,
     columns: int | None = None,
+    representable: Callable[[NDArray], NDArray] | None = None,
 ) -> NDArray:
     """Read a numeric table: a CSV file (header optional), or a .npy/.npz array. (N, D) float64.
 
@@ -100,6 +102,8 @@ def load_table(
         drop_nonfinite: skip rows holding NaN or inf instead of refusing the file.
         min_rows: the fewest rows the caller can use.
         columns: the number of columns the caller expects (a trained model's features).
+        representable: maps the table to a boolean array of its shape, False where a value is
+            finite in the file but out of the range the caller computes in (a float32 model).
 
     Raises:
         DataError: with a message naming the file, and the row and column where it applies.
@@ -129,6 +133,7 @@ def load_table(
         x = x[~bad]
     if columns is not None and x.shape[1] != columns:
         raise DataError(f"{path}: has {x.shape[1]} columns, the model expects {columns}")
+    check_representable(x, representable, path, lines)
     if len(x) < min_rows:
         raise DataError(
             f"{path}: has {len(x)} usable row{'s' * (len(x) != 1)}, at least {min_rows} needed"
@@ -136,3 +141,22 @@ def load_table(
     if math.prod(x.shape) == 0:
         raise DataError(f"{path}: has no values")
     return x
+
+
+def check_representable(
+    x: NDArray,
+    representable: Callable[[NDArray], NDArray] | None,
+    source: str | Path,
+    lines: NDArray | None = None,
+) -> None:
+    """Refuse, naming row and column, the first value that ``representable`` rejects."""
+    if representable is None or len(x) == 0:
+        return
+    bad = ~np.asarray(representable(x), dtype=bool)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        line = row + 1 if lines is None else int(lines[row])
+        raise DataError(
+            f"{source}: row {line}, column {col + 1}: {x[row, col]:g} is out of the range the "
+            f"model computes in (it overflows float32); {int(bad.any(axis=1).sum())} such rows"
+        )
