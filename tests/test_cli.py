@@ -64,6 +64,7 @@ def quick_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_quick_study_writes_every_output(quick_study: Path) -> None:
     for name in ("fig1_mapping.png", "fig2_density.png", "fig3_loss.png", "fig4_latent.png"):
         data = (quick_study / name).read_bytes()
@@ -71,6 +72,7 @@ def test_quick_study_writes_every_output(quick_study: Path) -> None:
     assert (quick_study / "results.md").read_text().count("\n|") >= 4
 
 
+@pytest.mark.slow
 def test_quick_study_table_is_consistent(quick_study: Path) -> None:
     with open(quick_study / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -87,6 +89,7 @@ def test_quick_study_table_is_consistent(quick_study: Path) -> None:
     assert float(rows[-1]["test_nll"]) < float(rows[0]["test_nll"])
 
 
+@pytest.mark.slow
 def test_config_json_reruns_the_study(quick_study: Path) -> None:
     from realnvp.studies.moons import MoonsStudyConfig
 

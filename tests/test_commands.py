@@ -147,6 +147,7 @@ def test_audit_fails_when_the_tolerance_is_impossible(run: Path, capsys) -> None
     assert "FAILED" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_entry_point_and_module_both_work() -> None:
     for cmd in (["realnvp"], [sys.executable, "-m", "realnvp"]):
         exe = Path(sys.executable).parent / "realnvp" if cmd == ["realnvp"] else None

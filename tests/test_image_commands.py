@@ -89,6 +89,7 @@ def test_eval_refuses_images_of_another_shape(run: Path, tmp_path: Path, capsys)
     assert "images of shape (1, 28, 28) with 256 levels; the model expects shape (1, 8, 8)" in line
 
 
+@pytest.mark.slow
 def test_image_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stop after the step-20 checkpoint, resume, and land on the uninterrupted run's weights:
     the dequantization noise and the batch norms' running averages are resumed too."""

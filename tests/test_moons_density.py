@@ -46,6 +46,7 @@ def test_quadrature_matches_scipy_quad(point: tuple[float, float], noise: float)
     assert got == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", [0.05, 0.1])
 def test_density_integrates_to_one(noise: float) -> None:
     # A grid step of noise / 5 or finer: the trapezoid rule is then exact to ~1e-6 here.

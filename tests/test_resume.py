@@ -65,6 +65,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(data: Path, tmp_path: Path) -> None:
     straight = tmp_path / "straight"
     assert train(data, straight).wait(timeout=600) == 0
