@@ -70,14 +70,18 @@ def train(out: Path, processes: int) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
+def one_and_two_processes(train_fn, tmp_path: Path) -> tuple[list[dict], list[dict]]:
+    """Train into tmp_path/one with 1 process and tmp_path/two with 2; their metrics."""
+    for name, processes in (("one", 1), ("two", 2)):
+        result = train_fn(tmp_path / name, processes)
+        assert result.returncode == 0, result.stderr
+    assert "on 2 processes" in result.stderr
+    return metrics(tmp_path / "one"), metrics(tmp_path / "two")
+
+
 @pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path: Path) -> None:
-    single = train(tmp_path / "one", 1)
-    assert single.returncode == 0, single.stderr
-    double = train(tmp_path / "two", 2)
-    assert double.returncode == 0, double.stderr
-    assert "on 2 processes" in double.stderr
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    one, two = one_and_two_processes(train, tmp_path)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [10, 20, 30, 40]
     for a, b in zip(one, two, strict=True):
         assert b["train_nll"] == pytest.approx(a["train_nll"], rel=1e-5, abs=1e-6)
@@ -116,12 +120,7 @@ def test_two_processes_train_the_image_model_as_one(tmp_path: Path) -> None:
     order into steps of the learning rate's size (measured: 1.5e-4 relative after 10 steps).
     With the conditioners' batch norms left unsynchronised the training loss was off by 3e-5
     relative after 10 steps, three times the tolerance."""
-    single = train_images(tmp_path / "one", 1)
-    assert single.returncode == 0, single.stderr
-    double = train_images(tmp_path / "two", 2)
-    assert double.returncode == 0, double.stderr
-    assert "on 2 processes" in double.stderr
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    one, two = one_and_two_processes(train_images, tmp_path)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [10, 20]
     for a, b in zip(one, two, strict=True):
         assert b["train_bpd"] == pytest.approx(a["train_bpd"], rel=1e-5)

@@ -495,7 +495,7 @@ def _train(args: argparse.Namespace) -> int:
     from realnvp.data.images import is_image_source, load_images
     from realnvp.data.sources import load_data
     from realnvp.training import TrainConfig, train_run
-    from realnvp.training.runs import ResumeConflict, check_resume, saved_settings
+    from realnvp.training.runs import ResumeConflict, check_resume, saved_config, saved_settings
 
     if is_image_source(args.data):  # the multi-scale model, with the paper code's recipe
         data = load_images(args.data)
@@ -528,7 +528,7 @@ def _train(args: argparse.Namespace) -> int:
                 f"{conflict.given}; a resumed run keeps its settings (leave the option out, or "
                 "start a new run with another --out)"
             ) from None
-        config = TrainConfig(**{**saved["train"], "compile": args.compile})
+        config = saved_config(args.out, {**saved["train"], "compile": args.compile})
         model, val_fraction = None, None
     else:
 
@@ -773,7 +773,7 @@ def _add_study(commands) -> None:
         commands,
         "study",
         "redraw a study's figures and table in one command",
-        "realnvp study moons --out results/moons   (about 9 minutes on 2 cores)\n"
+        "realnvp study moons --out results/moons   (about 20 minutes on 2 cores)\n"
         "  realnvp study moons --out /tmp/quick --quick   (under a minute)",
     )
     study.description = (

@@ -94,6 +94,14 @@ def _run_info(run: Path, state: dict[str, Any]) -> dict[str, Any]:
     return {"data": data, "train": info.get("train", state["config"])}
 
 
+def saved_config(run: Path, values: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a saved run, refused with CheckpointError if damaged."""
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{run}: damaged training state (its recipe: {error})") from None
+
+
 def check_resume(run: Path, saved: dict[str, Any], given: dict[str, dict[str, Any]]) -> None:
     """Refuse settings that contradict those a run was started with. ``given`` holds only what
     the caller set explicitly: ``{"model": {...}, "train": {...}, "data": {...}}``."""
@@ -198,7 +206,7 @@ def _resume(run, x, model, config, val_fraction, device, progress) -> tuple[Flow
     train = {**state["config"]}
     if config is not None:
         train.update({k: getattr(config, k) for k in RESUME_MAY_CHANGE})
-    config = TrainConfig(**train)
+    config = saved_config(run, train)
     x_train, x_val = split(x, info["data"]["val_fraction"], config.seed)
     trainer = _trainer(run, flow.to(device), x_train, x_val, config, info, progress)
     try:
