@@ -220,3 +220,27 @@ def test_a_nan_loss_on_one_process_stops_every_process(tmp_path: Path) -> None:
     for rank in (0, 1):
         message = Path(f"{results}.{rank}").read_text()
         assert "at step 3" in message and "1 of 2 processes" in message
+
+
+def _autocast_worker(rank: int, world: int, init_file: str, x: torch.Tensor, ref: dict) -> None:
+    _join(rank, world, init_file)
+    try:
+        module = make_batch_norm("conditioner").float()
+        with torch.autocast("cpu", torch.bfloat16):
+            z = module(x[rank::world])
+        assert z.dtype == ref["z"].dtype
+        assert torch.allclose(z, ref["z"][rank::world], atol=1e-5)
+        assert torch.allclose(module.running_var, ref["running_var"], atol=1e-5)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_conditioner_batch_norm_under_bf16_autocast(tmp_path: Path) -> None:
+    """Under --bf16 the convolutions hand the batch norm bf16 values; its moments are taken in
+    float32, as nn.BatchNorm2d takes them, on every process."""
+    x = (torch.randn(16, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 + 1).bfloat16()
+    module = make_batch_norm("conditioner").float().train()
+    with torch.autocast("cpu", torch.bfloat16):
+        z = module(x)
+    reference = {"z": z.detach(), "running_var": module.running_var.clone()}
+    mp.spawn(_autocast_worker, args=(2, str(tmp_path / "init"), x, reference), nprocs=2)

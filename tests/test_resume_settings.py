@@ -135,3 +135,44 @@ def test_resume_of_a_folder_without_a_training_state_is_one_line(
     assert train(data, tmp_path / "empty", "--resume") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "last.safetensors" in err
+
+
+def scripted_validation(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
+    nlls = iter(values)
+    monkeypatch.setattr(loop, "mean_nll", lambda flow, x: next(nlls))
+
+
+def test_resuming_a_state_saved_without_its_best_weights_keeps_the_best_model(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training states written before they held the best weights: the best comes from
+    model.safetensors, so later, worse evaluations do not overwrite it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with monkeypatch.context() as m:
+        scripted_validation(m, [1.0, 0.5, 0.9, 0.9])
+        assert train(data, tmp_path / "straight") == 0
+    run = tmp_path / "old"
+    with monkeypatch.context() as m:
+        scripted_validation(m, [1.0, 0.5])
+        original = loop.Trainer._evaluate
+
+        def evaluate_then_stop(self, *args):  # stop after the model files of step 20
+            original(self, *args)
+            if self.step == 20:
+                raise KeyboardInterrupt
+
+        m.setattr(loop.Trainer, "_evaluate", evaluate_then_stop)
+        assert train(data, run) == 130
+    path = str(run / "last.safetensors")
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+    tensors = {k: v for k, v in load_file(path).items() if not k.startswith("best.")}
+    save_file(tensors, path, metadata=metadata)  # as an older version wrote it
+    with monkeypatch.context() as m:
+        scripted_validation(m, [0.9, 0.9])
+        assert train(data, run, "--resume") == 0
+    best = weights(tmp_path / "straight" / "model.safetensors")
+    resumed = weights(run / "model.safetensors")
+    assert all(torch.equal(best[k], resumed[k]) for k in best)

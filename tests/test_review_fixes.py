@@ -316,3 +316,31 @@ def test_save_model_after_the_library_changes_still_loads_float32_statistics(
     loaded = build_and_load(flow.config, old, tmp_path)
     x = torch.randn(5, 2, dtype=torch.float64) + 3
     assert torch.allclose(loaded.log_prob(x), flow.log_prob(x), atol=1e-5)
+
+
+def test_the_overflow_error_names_the_right_row_after_dropping_nonfinite_rows(
+    table_run: Path, tmp_path: Path, capsys
+) -> None:
+    data = tmp_path / "new.csv"
+    data.write_text("a,b\nnan,1.0\n0.5,1.0\n1.0,1e300\n")
+    args = ["score", str(table_run), str(data), "-o", "-", "--drop-nonfinite"]
+    assert "row 4, column 2" in one_line_error(args, capsys)
+
+
+def test_a_column_too_large_to_standardize_is_one_line(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "big.csv"
+    data.write_text("a,b\n" + "".join(f"{i},{i}e300\n" for i in range(1, 20)))
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--steps", "5"]
+    line = one_line_error([*args, "--no-progress"], capsys)
+    assert "feature 2" in line and "cannot standardize" in line
+
+
+def test_a_config_saved_before_the_cap_rebuilds_without_it() -> None:
+    from realnvp.training.checkpoint import build_flow
+
+    config = RealNVP(2, num_layers=2, hidden_features=4).config
+    del config["max_scale"]
+    assert build_flow(config).config["max_scale"] is None
+    image = MultiScaleRealNVP((1, 4, 4), 17, 2, 2, 1).config
+    del image["max_scale"]
+    assert build_flow(image).config["max_scale"] is None

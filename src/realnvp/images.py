@@ -34,6 +34,7 @@ from realnvp.bijections import (
     channel_mask,
     checkerboard_mask,
 )
+from realnvp.bijections.coupling import MAX_SCALE
 from realnvp.distributions import StandardNormal
 from realnvp.errors import ConfigError
 from realnvp.flows import Flow
@@ -85,10 +86,12 @@ class _MaskedInput(nn.Module):
         return self.net(torch.cat([x, m], dim=1))
 
 
-def _coupling(mask: Tensor, hidden: int, blocks: int, checker: bool, scale_init: float):
+def _coupling(
+    mask: Tensor, hidden: int, blocks: int, checker: bool, scale_init: float, max_scale
+) -> AffineCoupling:
     c = mask.shape[0]
     net = ResNet(c + 1 if checker else c, 2 * c, hidden, blocks)
-    return AffineCoupling(mask, _MaskedInput(mask, net) if checker else net, scale_init)
+    return AffineCoupling(mask, _MaskedInput(mask, net) if checker else net, scale_init, max_scale)
 
 
 def _scale(
@@ -98,12 +101,13 @@ def _scale(
     blocks: int,
     batch_norm: bool,
     scale_init: float,
+    max_scale: float | None,
 ) -> Bijection:
     c, h, w = shape
     layers: list[Bijection] = []
 
     def add(mask: Tensor, checker: bool) -> None:
-        layers.append(_coupling(mask, hidden, blocks, checker, scale_init))
+        layers.append(_coupling(mask, hidden, blocks, checker, scale_init, max_scale))
         if batch_norm:
             layers.append(BatchNorm(mask.shape[0]))
 
@@ -117,7 +121,7 @@ def _scale(
     for i in range(3):
         add(channel_mask(4 * c, h // 2, w // 2, first=i % 2 == 0), checker=False)
     half = (2 * c, h // 2, w // 2)
-    inner = _scale(half, scales_left - 1, 2 * hidden, blocks, batch_norm, scale_init)
+    inner = _scale(half, scales_left - 1, 2 * hidden, blocks, batch_norm, scale_init, max_scale)
     layers += [FactorOut(inner), Inverse(Squeeze())]
     return Compose(layers)
 
@@ -139,6 +143,8 @@ class MultiScaleRealNVP(Flow):
         alpha: the logit preprocessing's margin (0.05 in the paper).
         batch_norm: a ``BatchNorm`` bijection after every coupling.
         scale_init: initial bound of each coupling's log-scale.
+        max_scale: cap on each coupling's log-scale, ``|s| <= max_scale`` (see
+            ``AffineCoupling``; None: no cap).
 
     Example:
         >>> flow = MultiScaleRealNVP((1, 8, 8), levels=17, num_scales=2, hidden_channels=8,
@@ -158,6 +164,7 @@ class MultiScaleRealNVP(Flow):
         alpha: float = 0.05,
         batch_norm: bool = True,
         scale_init: float = 1.0,
+        max_scale: float | None = MAX_SCALE,
     ):
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
@@ -176,7 +183,9 @@ class MultiScaleRealNVP(Flow):
             )
         if h * w // step**2 < 2:
             raise ConfigError(f"the last scale would be 1x1; use fewer than {num_scales} scales")
-        body = _scale(shape, num_scales, hidden_channels, num_blocks, batch_norm, scale_init)
+        body = _scale(
+            shape, num_scales, hidden_channels, num_blocks, batch_norm, scale_init, max_scale
+        )
         super().__init__(Compose([Logit(levels, alpha), body]), StandardNormal(shape))
         self.config: dict[str, Any] = {
             "type": "multiscale",
@@ -188,6 +197,7 @@ class MultiScaleRealNVP(Flow):
             "alpha": alpha,
             "batch_norm": batch_norm,
             "scale_init": scale_init,
+            "max_scale": max_scale,
         }
 
     @property

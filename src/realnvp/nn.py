@@ -92,6 +92,9 @@ class BatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and collectives.is_distributed()):
             return super().forward(x)
+        # Moments in at least float32 (bf16 under autocast), returned in the input's dtype, as
+        # nn.BatchNorm2d does.
+        dtype, x = x.dtype, x.to(torch.promote_types(x.dtype, torch.float32))
         mean, var, count = collectives.all_reduce_moments(x, [0, 2, 3])
         with torch.no_grad():  # running averages as nn.BatchNorm2d keeps them (unbiased var)
             self.num_batches_tracked.add_(1)
@@ -100,7 +103,7 @@ class BatchNorm2d(nn.BatchNorm2d):
             self.running_var.lerp_(var.detach() * count / (count - 1), m)
         shape = (1, -1, 1, 1)
         y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
-        return y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return (y * self.weight.reshape(shape) + self.bias.reshape(shape)).to(dtype)
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Module:

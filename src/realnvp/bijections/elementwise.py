@@ -35,6 +35,19 @@ class Permutation(Bijection):
         return z.index_select(1, self.inverse_perm), z.new_zeros(z.shape[0])
 
 
+def _check_statistics(mean: Tensor, std: Tensor) -> None:
+    """Refuse statistics that cannot standardize: a non-finite mean or std (a column whose
+    values overflow float64 when squared), or a std that is not positive; name the feature."""
+    bad = ~(torch.isfinite(mean) & torch.isfinite(std) & (std > 0))
+    if bool(bad.any()):
+        i = int(bad.flatten().nonzero()[0])
+        raise ConfigError(
+            f"feature {i + 1}: mean {mean.flatten()[i].item():g} and std "
+            f"{std.flatten()[i].item():g} cannot standardize (the std must be finite and "
+            "positive, the mean finite)"
+        )
+
+
 class Standardize(Bijection):
     """A fixed elementwise affine map, ``z = (x - mean) / std``, with
     ``log|det dz/dx| = -sum(log std)``.
@@ -65,8 +78,7 @@ class Standardize(Bijection):
             raise ConfigError(
                 f"mean {tuple(mean.shape)} and std {tuple(std.shape)} differ in shape"
             )
-        if not bool((std > 0).all()):
-            raise ConfigError("every std must be positive")
+        _check_statistics(mean, std)
         self.register_buffer("mean", mean.clone())
         self.register_buffer("std", std.clone())
         # Follows the model's casts and moves: the dtype and device that ``forward`` returns.
@@ -82,10 +94,10 @@ class Standardize(Bijection):
     @torch.no_grad()
     def set_statistics(self, mean: Tensor, std: Tensor) -> None:
         """Overwrite the mean and std in place (stored in float64)."""
+        mean = torch.as_tensor(mean, dtype=torch.float64)
         std = torch.as_tensor(std, dtype=torch.float64)
-        if not bool((std > 0).all()):
-            raise ConfigError("every std must be positive")
-        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float64))
+        _check_statistics(mean, std)
+        self.mean.copy_(mean)
         self.std.copy_(std)
 
     def _log_det(self, x: Tensor) -> Tensor:

@@ -130,7 +130,7 @@ def load_table(
                 f"{path}: row {lines[row]}, column {col + 1} is {x[row, col]}; "
                 f"pass --drop-nonfinite to skip rows with NaN or inf ({int(bad.sum())} such rows)"
             )
-        x = x[~bad]
+        x, lines = x[~bad], lines[~bad]
     if columns is not None and x.shape[1] != columns:
         raise DataError(f"{path}: has {x.shape[1]} columns, the model expects {columns}")
     check_representable(x, representable, path, lines)

@@ -115,6 +115,8 @@ def read_model_config(run: Path) -> dict[str, Any]:
 def build_flow(config: dict[str, Any]) -> Flow:
     """The model a config describes: ``MultiScaleRealNVP`` when its ``type`` is ``multiscale``,
     else ``RealNVP``; weights are not loaded."""
+    # Configs written before the log-scale cap existed rebuild without it, as they were trained.
+    config = {"max_scale": None, **config}
     if config.get("type") == "multiscale":
         from realnvp.images import MultiScaleRealNVP
 

@@ -14,9 +14,11 @@ from realnvp.errors import ConfigError
 from realnvp.flows import Flow, RealNVP
 from realnvp.training.checkpoint import (
     MODEL_CONFIG,
+    MODEL_WEIGHTS,
     TRAINING_STATE,
     CheckpointError,
     atomic_write,
+    load_model,
     load_training_state,
     read_model_config,
     save_model,
@@ -46,7 +48,8 @@ def standardized_flow(x_train: np.ndarray, **model: Any) -> RealNVP:
     float64 data and columns with large offsets keep their digits."""
     x_train = np.asarray(x_train, dtype=np.float64)
     flow = RealNVP(**{**model, "features": x_train.shape[1], "standardize": True})
-    std = x_train.std(0)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+        std = x_train.std(0)
     flow.set_standardization(
         torch.as_tensor(x_train.mean(0)), torch.as_tensor(np.where(std > 0, std, 1.0))
     )
@@ -152,9 +155,11 @@ def train_run(
     images are dequantized once, with a fixed seed.
 
     With ``resume``, training continues from ``run/last.safetensors`` with exactly the settings
-    the run was started with, the split of ``x`` into training and validation rows included;
-    ``model``, ``config`` and ``val_fraction`` may then be left out, and must not contradict the
-    saved ones (``config.compile`` excepted), else ``ResumeConflict``.
+    the run was started with, the split of ``x`` into training and validation rows included.
+    Leave ``model``, ``config`` and ``val_fraction`` out (None) to keep the saved ones; any that
+    are given must equal them, ``config.compile`` excepted (so pass the saved config,
+    ``TrainConfig(**saved_settings(run)["train"])``, to change only ``compile``), else
+    ``ResumeConflict`` names the first setting that differs.
     """
     run = Path(run)
     dev = resolve_device(device)
@@ -199,6 +204,9 @@ def _resume(run, x, model, config, val_fraction, device, progress) -> tuple[Flow
     check_resume(run, saved, given)
     flow, optimizer_state, state, best = load_training_state(run)
     info = _run_info(run, state)
+    history = state["history"] if isinstance(state["history"], dict) else {}
+    if best is None and history.get("best_step") and (run / MODEL_WEIGHTS).exists():
+        best = load_model(run)[0].state_dict()  # saved before the state held its best weights
     if info["data"]["fingerprint"] != fingerprint(x):
         raise CheckpointError(
             f"{run}: was trained on other data than given now; resume with the same data"
