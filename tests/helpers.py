@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -18,3 +19,16 @@ def randomize(module: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
         else:
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * std)
     return module
+
+
+def fails(args: list[str], capsys: pytest.CaptureFixture[str], code: int = 2) -> str:
+    """Run the command line, check it failed cleanly with ``code``, and return its one line of
+    stderr."""
+    from realnvp.cli import main
+
+    assert main(args) == code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import fails
 from realnvp import RealNVP
 from realnvp.cli import main
 from realnvp.training import TrainConfig, Trainer
@@ -28,16 +29,6 @@ SMALL = [
     "64",
     "--no-progress",
 ]
-
-
-def fails(args: list[str], capsys, code: int = 2) -> str:
-    """Run the command, check it failed cleanly, and return its one line of stderr."""
-    assert main(args) == code
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert "Traceback" not in captured.err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

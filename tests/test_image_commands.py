@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import fails
 from realnvp.cli import main
 from realnvp.data.images import digits
 from realnvp.training import TrainConfig, Trainer
@@ -17,13 +18,6 @@ from realnvp.training.checkpoint import load_model
 from realnvp.training.runs import train_run
 
 TINY = ["--scales", "2", "--channels", "4", "--blocks", "1", "--eval-every", "10"]
-
-
-def fails(args: list[str], capsys) -> str:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0]
-    return err[0]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import randomize
+from helpers import fails, randomize
 from realnvp import RealNVP, RealNVPDensity
 from realnvp.bijections import AffineCoupling
 from realnvp.cli import main
@@ -32,13 +32,6 @@ from realnvp.training.checkpoint import (
     save_model,
 )
 from realnvp.training.runs import standardized_flow
-
-
-def one_line_error(args: list[str], capsys, code: int = 2) -> str:
-    assert main(args) == code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
 
 
 # -- 3. generation and inference are exact and side-effect free in any mode -----------------
@@ -105,7 +98,7 @@ def test_a_training_state_with_missing_keys_is_refused_in_one_line(
     write_checkpoint(tmp_path / "last.safetensors", tensors, meta)
     with pytest.raises(CheckpointError, match="damaged checkpoint"):
         load_training_state(tmp_path)
-    line = one_line_error(["train", "moons", "--out", str(tmp_path), "--resume"], capsys)
+    line = fails(["train", "moons", "--out", str(tmp_path), "--resume"], capsys)
     assert "damaged checkpoint" in line
 
 
@@ -289,7 +282,7 @@ def test_a_value_that_overflows_float32_is_refused_naming_row_and_column(
     data = tmp_path / "new.csv"
     data.write_text("a,b\n0.5,1.0\n1.0,1e300\n")
     out = ["-o", str(tmp_path / "out.csv")] if command != "eval" else []
-    line = one_line_error([command, str(table_run), str(data), *out], capsys)
+    line = fails([command, str(table_run), str(data), *out], capsys)
     assert "row 3, column 2" in line and "1e+300" in line and "float32" in line
     assert not (tmp_path / "out.csv").exists()
 
@@ -324,14 +317,14 @@ def test_the_overflow_error_names_the_right_row_after_dropping_nonfinite_rows(
     data = tmp_path / "new.csv"
     data.write_text("a,b\nnan,1.0\n0.5,1.0\n1.0,1e300\n")
     args = ["score", str(table_run), str(data), "-o", "-", "--drop-nonfinite"]
-    assert "row 4, column 2" in one_line_error(args, capsys)
+    assert "row 4, column 2" in fails(args, capsys)
 
 
 def test_a_column_too_large_to_standardize_is_one_line(tmp_path: Path, capsys) -> None:
     data = tmp_path / "big.csv"
     data.write_text("a,b\n" + "".join(f"{i},{i}e300\n" for i in range(1, 20)))
     args = ["train", str(data), "--out", str(tmp_path / "run"), "--steps", "5"]
-    line = one_line_error([*args, "--no-progress"], capsys)
+    line = fails([*args, "--no-progress"], capsys)
     assert "feature 2" in line and "cannot standardize" in line
 
 

@@ -492,6 +492,8 @@ def _given(args: argparse.Namespace, options: dict[str, str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from realnvp.data.images import is_image_source, load_images
     from realnvp.data.sources import load_data
     from realnvp.training import TrainConfig, train_run
@@ -539,7 +541,7 @@ def _train(args: argparse.Namespace) -> int:
         model = {name: value(dest) for name, dest in model_options.items()}
         config = TrainConfig(**{name: value(dest) for name, dest in TRAIN_OPTIONS.items()})
         val_fraction = value("val_fraction")
-    torch_seed(config.seed)
+    torch.manual_seed(config.seed)
     try:
         _flow, history = train_run(
             args.out,
@@ -569,12 +571,6 @@ def _train(args: argparse.Namespace) -> int:
         best = f"best validation NLL {history.best_val_nll:.4f} at step {history.best_step}"
     _report(history, args, best)
     return 0
-
-
-def torch_seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
 
 
 def _is_image_model(config: dict) -> bool:

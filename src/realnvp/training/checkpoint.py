@@ -130,13 +130,18 @@ def build_and_load(config: dict[str, Any], tensors: dict[str, Tensor], source: P
         flow = build_flow(config)
     except (TypeError, ValueError, AttributeError) as error:
         raise CheckpointError(f"{source}: bad model config ({error})") from None
+    _check_weights(flow, tensors, source)
+    flow.load_state_dict(tensors)
+    return flow
+
+
+def _check_weights(flow: Flow, tensors: dict[str, Tensor], source: Path) -> None:
+    """Refuse weights whose names or shapes are not exactly the flow's."""
     expected = flow.state_dict()
     if set(expected) != set(tensors) or any(
         expected[k].shape != tensors[k].shape for k in expected
     ):
         raise CheckpointError(f"{source}: the weights belong to another model than its config")
-    flow.load_state_dict(tensors)
-    return flow
 
 
 def load_model(run: Path) -> tuple[Flow, dict[str, Any]]:
@@ -203,9 +208,9 @@ def load_training_state(
         else:
             raise CheckpointError(f"{path}: damaged checkpoint (unexpected tensor {key!r})")
     flow = build_and_load(meta["model"], parts["model."], path)
-    best = None
-    if parts["best."]:
-        best = build_and_load(meta["model"], parts["best."], path).state_dict()
+    best = parts["best."] or None
+    if best is not None:
+        _check_weights(flow, best, path)
     indices = {i for g in groups for i in g["params"]}
     if slots and (not set(slots) <= indices or len({frozenset(v) for v in slots.values()}) != 1):
         raise CheckpointError(f"{path}: damaged checkpoint (optimizer state of other parameters)")

@@ -78,11 +78,18 @@ def saved_settings(run: Path) -> dict[str, Any]:
     """What a run was started with, from ``run/last.safetensors`` alone: ``model`` (the
     constructor's arguments), ``train`` (TrainConfig's fields) and ``data`` (source,
     fingerprint, validation fraction)."""
+    flow, _, state, _ = _load_state(run)
+    return _settings(run, flow, state)
+
+
+def _load_state(run: Path):
     if not (Path(run) / TRAINING_STATE).exists():
         raise CheckpointError(f"{run}: holds no {TRAINING_STATE} to resume from")
-    flow, _, state, _ = load_training_state(run)
-    info = _run_info(run, state)
-    return {"model": flow.config, "train": state["config"], "data": info["data"]}
+    return load_training_state(run)
+
+
+def _settings(run: Path, flow: Flow, state: dict[str, Any]) -> dict[str, Any]:
+    return {"model": flow.config, "train": state["config"], "data": _run_info(run, state)["data"]}
 
 
 def _run_info(run: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -195,14 +202,13 @@ def train_run(
 
 
 def _resume(run, x, model, config, val_fraction, device, progress) -> tuple[Flow, History]:
-    saved = saved_settings(run)
+    flow, optimizer_state, state, best = _load_state(run)
     given = {
         "model": model or {},
         "train": {} if config is None else config.to_dict(),
         "data": {"val_fraction": val_fraction} if val_fraction is not None else {},
     }
-    check_resume(run, saved, given)
-    flow, optimizer_state, state, best = load_training_state(run)
+    check_resume(run, _settings(run, flow, state), given)
     info = _run_info(run, state)
     history = state["history"] if isinstance(state["history"], dict) else {}
     if best is None and history.get("best_step") and (run / MODEL_WEIGHTS).exists():
