@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from realnvp.data.images import load_images
-from realnvp.images import MultiScaleRealNVP, dequantize
+from realnvp.models import MultiScaleRealNVP, dequantize
 from realnvp.training.loop import batch_indices
 
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from realnvp.training import Callback, Evaluation, Trainer
+
 
 @torch.no_grad()
 def randomize(module: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
@@ -19,6 +21,21 @@ def randomize(module: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
         else:
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * std)
     return module
+
+
+class StopAt(Callback):
+    """Stop training with ``StopAt.Stop`` right after the evaluation at ``step`` (and the
+    outputs before this callback in the list), as a crash there would."""
+
+    class Stop(Exception):
+        pass
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
+        if evaluation.step == self.step:
+            raise StopAt.Stop
 
 
 def fails(args: list[str], capsys: pytest.CaptureFixture[str], code: int = 2) -> str:

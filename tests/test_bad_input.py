@@ -13,7 +13,7 @@ import torch
 from helpers import fails
 from realnvp import RealNVP
 from realnvp.cli import main
-from realnvp.training import TrainConfig, Trainer
+from realnvp.training import Checkpoint, Evaluation, TrainConfig, Trainer
 from realnvp.training.checkpoint import load_model
 
 SMALL = [
@@ -222,13 +222,18 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Pa
 
     flow.log_prob = log_prob
     saved = []
+
+    class Recorded(Checkpoint):
+        def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
+            super().on_evaluation(trainer, evaluation)
+            saved.append(trainer.step)
+
     trainer = Trainer(
         flow,
         torch.randn(500, 2),
         torch.randn(50, 2),
         TrainConfig(steps=100, batch_size=50, eval_every=10),
-        run=tmp_path,
-        save_model=lambda f: saved.append(trainer.step),
+        callbacks=[Recorded(tmp_path, {})],
     )
     with pytest.raises(FloatingPointError, match=r"at step 3[0-9]"):
         trainer.fit()

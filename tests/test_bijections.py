@@ -24,7 +24,7 @@ from realnvp.bijections import (
     Squeeze,
     Standardize,
 )
-from realnvp.images import MultiScaleRealNVP
+from realnvp.models import MultiScaleRealNVP
 from realnvp.nn import MLP
 
 

@@ -198,13 +198,15 @@ def _nan_worker(rank: int, world: int, init_file: str, results: str) -> None:
         torch.manual_seed(0)
         flow = RealNVP(2, num_layers=2, hidden_features=8)
 
-        def poison(x: torch.Tensor, step: int) -> torch.Tensor:
+        def poison(x: torch.Tensor, step: int, seed: int) -> torch.Tensor:
             return x * math.inf if rank == 1 and step == 2 else x
+
+        flow.training_batch = poison  # type: ignore[method-assign]
 
         x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
         config = TrainConfig(steps=10, batch_size=32, eval_every=5)
         try:
-            Trainer(flow, x, None, config, batch_transform=poison).fit()
+            Trainer(flow, x, None, config).fit()
         except FloatingPointError as error:
             Path(f"{results}.{rank}").write_text(str(error))
     finally:

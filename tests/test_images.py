@@ -10,9 +10,8 @@ import torch
 
 from realnvp.bijections import BatchNorm, Logit, Squeeze, channel_mask, checkerboard_mask
 from realnvp.data.images import digits
-from realnvp.images import Dequantizer, MultiScaleRealNVP, bits_per_dim, dequantize
+from realnvp.models import Dequantizer, MultiScaleRealNVP, bits_per_dim, build_flow, dequantize
 from realnvp.training import TrainConfig, Trainer, evaluate_nll
-from realnvp.training.checkpoint import build_flow
 
 
 def test_bits_per_dim_worked_by_hand() -> None:
@@ -98,7 +97,7 @@ def test_dequantizer_noise_depends_on_seed_and_step_only() -> None:
 
 def test_config_rebuilds_the_model() -> None:
     flow = MultiScaleRealNVP((1, 8, 8), levels=17, num_scales=2, hidden_channels=4, num_blocks=1)
-    other = build_flow(flow.config)
+    other = build_flow(flow.spec)
     other.load_state_dict(flow.state_dict())
     x = dequantize(torch.randint(0, 17, (5, 1, 8, 8)))
     flow.eval(), other.eval()
@@ -124,7 +123,7 @@ def test_training_on_digits_lowers_bits_per_dim() -> None:
     flow = MultiScaleRealNVP(data.shape, levels=17, num_scales=2, hidden_channels=8, num_blocks=1)
     before = bits_per_dim(-evaluate_nll(flow, x_val).mean().item(), flow.dims)
     config = TrainConfig(steps=60, batch_size=64, grad_clip=100.0, scale_l2=5e-5, eval_every=30)
-    Trainer(flow, x_train, x_val, config, batch_transform=Dequantizer(0), dims=flow.dims).fit()
+    Trainer(flow, x_train, x_val, config).fit()  # each batch dequantized by the flow
     after = bits_per_dim(-evaluate_nll(flow, x_val).mean().item(), flow.dims)
     # 17 grey levels: log2(17) = 4.09 bits/dim is the uniform model's cost
     assert after < before - 0.5, (before, after)

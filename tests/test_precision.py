@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from helpers import randomize
 from realnvp import RealNVP
 from realnvp.audit import jacobian_log_det
-from realnvp.training.checkpoint import build_flow
+from realnvp.models import build_flow
 from realnvp.training.loop import TrainConfig, fit, make_optimizer
 
 
@@ -93,7 +93,7 @@ def test_bf16_stack_round_trip_on_a_well_scaled_flow() -> None:
 def test_bf16_option_survives_the_checkpoint_config() -> None:
     _, fast = bf16_pair(std=0.3)
     assert fast.config["conditioner_dtype"] == "bfloat16"
-    rebuilt = build_flow(fast.config)
+    rebuilt = build_flow(fast.spec)
     rebuilt.load_state_dict(fast.state_dict())
     x = torch.randn(16, 3)
     assert torch.equal(rebuilt.log_prob(x), fast.log_prob(x))

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from realnvp.cli import main
-from realnvp.training import loop
+from realnvp.training import callbacks, loop
 
 SMALL = ["--steps", "40", "--eval-every", "10", "--layers", "2", "--hidden", "8"]
 SMALL += ["--batch-size", "32", "--no-progress", "--patience", "100"]
@@ -29,14 +29,14 @@ def data(tmp_path: Path) -> Path:
 
 def interrupted(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
     """Make the next run stop like a Ctrl-C right after its checkpoint at ``at_step``."""
-    original = loop.Trainer._tensorboard
+    original = callbacks.TensorBoard.on_evaluation
 
-    def stop(self, *args):
-        original(self, *args)
-        if self.step == at_step:
+    def stop(self, trainer, evaluation):
+        original(self, trainer, evaluation)
+        if trainer.step == at_step:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop.Trainer, "_tensorboard", stop)
+    monkeypatch.setattr(callbacks.TensorBoard, "on_evaluation", stop)
 
 
 def train(data: Path, run: Path, *extra: str) -> int:
@@ -156,14 +156,14 @@ def test_resuming_a_state_saved_without_its_best_weights_keeps_the_best_model(
     run = tmp_path / "old"
     with monkeypatch.context() as m:
         scripted_validation(m, [1.0, 0.5])
-        original = loop.Trainer._evaluate
+        original = callbacks.Checkpoint.on_evaluation
 
-        def evaluate_then_stop(self, *args):  # stop after the model files of step 20
-            original(self, *args)
-            if self.step == 20:
+        def checkpoint_then_stop(self, trainer, evaluation):  # after the model files of step 20
+            original(self, trainer, evaluation)
+            if trainer.step == 20:
                 raise KeyboardInterrupt
 
-        m.setattr(loop.Trainer, "_evaluate", evaluate_then_stop)
+        m.setattr(callbacks.Checkpoint, "on_evaluation", checkpoint_then_stop)
         assert train(data, run) == 130
     path = str(run / "last.safetensors")
     with safe_open(path, framework="pt") as f:

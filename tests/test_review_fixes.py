@@ -18,10 +18,11 @@ from helpers import fails, randomize
 from realnvp import RealNVP, RealNVPDensity
 from realnvp.bijections import AffineCoupling
 from realnvp.cli import main
+from realnvp.cli.commands import COMMANDS
 from realnvp.data.images import read_cifar_batch
 from realnvp.data.tabular import DataError
 from realnvp.files import atomic_write
-from realnvp.images import MultiScaleRealNVP, dequantize
+from realnvp.models import MultiScaleRealNVP, dequantize
 from realnvp.nn import MLP
 from realnvp.plots import save_figure
 from realnvp.training import evaluate_nll
@@ -31,7 +32,6 @@ from realnvp.training.checkpoint import (
     load_training_state,
     save_model,
 )
-from realnvp.training.runs import standardized_flow
 
 
 # -- 3. generation and inference are exact and side-effect free in any mode -----------------
@@ -120,7 +120,7 @@ def test_an_internal_value_error_is_not_passed_off_as_a_user_error(monkeypatch) 
     def bug(args):
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr("realnvp.cli._eval", bug)
+    monkeypatch.setitem(COMMANDS, "eval", bug)
     with pytest.raises(ValueError, match="an internal bug"):
         main(["eval", "runs/none", "moons"])
 
@@ -226,7 +226,7 @@ def test_evaluation_runs_in_bounded_batches() -> None:
 def test_standardization_keeps_the_digits_of_large_offsets() -> None:
     rng = np.random.default_rng(0)
     x = np.c_[1e7 + 0.01 * rng.standard_normal(500), rng.standard_normal(500)]
-    flow = standardized_flow(x, num_layers=2, hidden_features=8)  # starts as the identity map
+    flow = RealNVP.for_data(x, num_layers=2, hidden_features=8)  # starts as the identity map
     z = (x - x.mean(0)) / x.std(0)
     exact = -0.5 * (z**2).sum(1) - np.log(2 * np.pi) - np.log(x.std(0)).sum()
     with torch.no_grad():
@@ -298,7 +298,7 @@ def test_save_model_after_the_library_changes_still_loads_float32_statistics(
     tmp_path: Path,
 ) -> None:
     """A checkpoint written before the statistics were float64 (float32 tensors) still loads."""
-    flow = standardized_flow(np.random.default_rng(0).standard_normal((50, 2)) + 3)
+    flow = RealNVP.for_data(np.random.default_rng(0).standard_normal((50, 2)) + 3)
     save_model(tmp_path, flow, {})
     from safetensors.torch import load_file
 
@@ -329,11 +329,11 @@ def test_a_column_too_large_to_standardize_is_one_line(tmp_path: Path, capsys) -
 
 
 def test_a_config_saved_before_the_cap_rebuilds_without_it() -> None:
-    from realnvp.training.checkpoint import build_flow
+    from realnvp.models import build_flow
 
-    config = RealNVP(2, num_layers=2, hidden_features=4).config
+    config = RealNVP(2, num_layers=2, hidden_features=4).spec
     del config["max_scale"]
     assert build_flow(config).config["max_scale"] is None
-    image = MultiScaleRealNVP((1, 4, 4), 17, 2, 2, 1).config
+    image = MultiScaleRealNVP((1, 4, 4), 17, 2, 2, 1).spec
     del image["max_scale"]
     assert build_flow(image).config["max_scale"] is None

@@ -21,7 +21,8 @@ import torch
 
 from realnvp import RealNVP
 from realnvp.training import loop
-from realnvp.training.loop import TrainConfig, Trainer, fit
+from realnvp.training.callbacks import ProgressBar, run_outputs
+from realnvp.training.loop import Callback, Evaluation, TrainConfig, Trainer, fit
 
 
 def tiny_flow() -> RealNVP:
@@ -55,13 +56,14 @@ def test_early_stopping_keeps_the_best_weights(
     flow = tiny_flow()
     weights: dict[int, dict[str, torch.Tensor]] = {}
 
-    def callback(step: int, train_nll: float, val_nll: float | None) -> None:
-        weights[step] = {k: v.clone() for k, v in flow.state_dict().items()}
+    class Record(Callback):
+        def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
+            weights[evaluation.step] = {k: v.clone() for k, v in flow.state_dict().items()}
 
     config = TrainConfig(
         steps=50, batch_size=32, lr=1e-2, schedule="constant", eval_every=5, patience=patience
     )
-    history = fit(flow, torch.randn(256, 2), torch.randn(64, 2), config, callback=callback)
+    history = fit(flow, torch.randn(256, 2), torch.randn(64, 2), config, [Record()])
 
     assert history.step == list(range(5, last_step + 1, 5)) == sorted(weights)
     assert history.val_nll == VAL_NLLS[: last_step // 5]
@@ -84,7 +86,8 @@ def test_progress_off_a_terminal_prints_one_line_per_evaluation(
     Fails if the bar were drawn off a terminal (carriage returns in a log file) or the lines
     dropped or showing stale numbers."""
     config = TrainConfig(steps=20, batch_size=32, eval_every=10)
-    trainer = Trainer(tiny_flow(), torch.randn(256, 2), torch.randn(64, 2), config, progress=True)
+    x, x_val = torch.randn(256, 2), torch.randn(64, 2)
+    trainer = Trainer(tiny_flow(), x, x_val, config, [ProgressBar()])
     h = trainer.fit()
     assert capsys.readouterr().err.splitlines() == [
         f"step {s}/20 loss {t:.4f} val_nll {v:.4f}"
@@ -167,7 +170,11 @@ def test_tensorboard_scalars_match_metrics_csv(tmp_path: Path) -> None:
 
     checked = []
 
-    def compare(step: int, train_nll: float, val_nll: float | None) -> None:
+    class Compare(Callback):
+        def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
+            compare(evaluation.step)
+
+    def compare(step: int) -> None:
         rows = read_metrics(tmp_path)
         assert int(rows[-1]["step"]) == step
         events = EventAccumulator(str(tmp_path / "tensorboard"))
@@ -182,5 +189,5 @@ def test_tensorboard_scalars_match_metrics_csv(tmp_path: Path) -> None:
 
     config = TrainConfig(steps=20, batch_size=32, eval_every=5)
     x, x_val = torch.randn(256, 2), torch.randn(64, 2)
-    Trainer(tiny_flow(), x, x_val, config, run=tmp_path, callback=compare).fit()
+    Trainer(tiny_flow(), x, x_val, config, [*run_outputs(tmp_path, {}), Compare()]).fit()
     assert checked == [5, 10, 15, 20]

@@ -1,5 +1,7 @@
 """realnvp: exact density estimation with Real NVP normalizing flows (Dinh et al., ICLR 2017)."""
 
+from typing import Any
+
 from realnvp.bijections import (
     AdditiveCoupling,
     AffineCoupling,
@@ -9,12 +11,12 @@ from realnvp.bijections import (
     Permutation,
     Standardize,
 )
+from realnvp.config import TrainConfig
 from realnvp.distributions import StandardNormal
-from realnvp.estimator import RealNVPDensity
-from realnvp.flows import Flow, RealNVP
+from realnvp.models import Flow, MultiScaleRealNVP, RealNVP
 from realnvp.nn import MLP
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MLP",
@@ -24,10 +26,22 @@ __all__ = [
     "Compose",
     "Flow",
     "Inverse",
+    "MultiScaleRealNVP",
     "Permutation",
     "RealNVP",
     "RealNVPDensity",
     "StandardNormal",
     "Standardize",
+    "TrainConfig",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The estimator sits on top of training and scikit-learn; it loads on first use, so that
+    # importing the models does not import the training stack (PEP 562).
+    if name == "RealNVPDensity":
+        from realnvp.estimator import RealNVPDensity
+
+        return RealNVPDensity
+    raise AttributeError(f"module 'realnvp' has no attribute {name!r}")

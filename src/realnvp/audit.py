@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from realnvp.flows import Flow
+from realnvp.models import Flow
 
 
 def jacobian_log_det(flow: Flow | Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
@@ -9,9 +11,14 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from realnvp.config import VAL_FRACTION
 from realnvp.errors import ConfigError
-from realnvp.training.loop import TrainConfig, Trainer, evaluate_nll
-from realnvp.training.runs import resolve_device, split, standardized_flow
+from realnvp.models import RealNVP
+from realnvp.training.loop import evaluate_nll
+from realnvp.training.runs import fit_data, split
+
+# The defaults are the library's: RealNVP's constructor and its recipe.
+_MODEL, _RECIPE = RealNVP.defaults(), RealNVP.recipe
 
 
 class RealNVPDensity(BaseEstimator):
@@ -22,7 +29,9 @@ class RealNVPDensity(BaseEstimator):
 
     Args:
         num_layers, hidden_features, num_hidden_layers: the model (see ``RealNVP``).
-        steps, batch_size, lr, val_fraction: the training recipe.
+        steps, batch_size, lr, patience: the training recipe (see ``TrainConfig``); the rest of
+            ``RealNVP.recipe`` applies as it is.
+        val_fraction: the share of the rows held out for validation (none below 10 rows).
         random_state: seed of the model, the split and the batches.
         device: "cpu", "cuda" or "auto".
 
@@ -36,13 +45,14 @@ class RealNVPDensity(BaseEstimator):
 
     def __init__(
         self,
-        num_layers: int = 8,
-        hidden_features: int = 128,
-        num_hidden_layers: int = 2,
-        steps: int = 2000,
-        batch_size: int = 512,
-        lr: float = 1e-3,
-        val_fraction: float = 0.1,
+        num_layers: int = _MODEL["num_layers"],
+        hidden_features: int = _MODEL["hidden_features"],
+        num_hidden_layers: int = _MODEL["num_hidden_layers"],
+        steps: int = _RECIPE.steps,
+        batch_size: int = _RECIPE.batch_size,
+        lr: float = _RECIPE.lr,
+        patience: int | None = _RECIPE.patience,
+        val_fraction: float = VAL_FRACTION,
         random_state: int | None = None,
         device: str = "cpu",
     ):
@@ -52,6 +62,7 @@ class RealNVPDensity(BaseEstimator):
         self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
+        self.patience = patience
         self.val_fraction = val_fraction
         self.random_state = random_state
         self.device = device
@@ -72,25 +83,20 @@ class RealNVPDensity(BaseEstimator):
             )
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         x_train, x_val = split(X, self.val_fraction if len(X) >= 10 else 0.0, seed)
-        torch.manual_seed(seed)
-        flow = standardized_flow(
-            x_train,
-            num_layers=self.num_layers,
-            hidden_features=self.hidden_features,
-            num_hidden_layers=self.num_hidden_layers,
-        ).to(resolve_device(self.device))
-        config = TrainConfig(
+        model = {
+            "num_layers": self.num_layers,
+            "hidden_features": self.hidden_features,
+            "num_hidden_layers": self.num_hidden_layers,
+        }
+        config = replace(
+            _RECIPE,
             steps=self.steps,
             batch_size=self.batch_size,
             lr=self.lr,
+            patience=self.patience,
             seed=seed,
-            eval_every=max(1, min(100, self.steps)),
         )
-        # float64 up to the flow's own standardization (see Standardize)
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64, device=flow.device)  # noqa: E731
-        x_val_t = as_tensor(x_val) if len(x_val) else None
-        self.history_ = Trainer(flow, as_tensor(x_train), x_val_t, config).fit()
-        self.flow_ = flow.eval()
+        self.flow_, self.history_ = fit_data(x_train, x_val, model, config, seed, self.device)
         return self
 
     def score_samples(self, X: ArrayLike) -> NDArray:

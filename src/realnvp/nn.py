@@ -163,6 +163,10 @@ class ResNet(nn.Module):
         h = self.blocks(self.first(x))
         return self.last(torch.relu(self.out_norm(h)))
 
+    def l2_terms(self) -> list[Tensor]:
+        """What the paper code's L2 penalizes here: every weight-norm magnitude."""
+        return weight_norm_magnitudes(self)
+
 
 def weight_norm_magnitudes(module: nn.Module) -> list[Tensor]:
     """The magnitude parameters ``g`` of every weight-normalized layer inside ``module``."""

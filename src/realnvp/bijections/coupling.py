@@ -9,6 +9,8 @@ is True, so the kept entries pass through exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -16,19 +18,29 @@ from realnvp.bijections.base import Bijection, sum_except_batch
 from realnvp.bijections.masks import validate_mask
 from realnvp.errors import ConfigError
 
+#: a conditioner, or a factory that builds one from its (input, output) sizes
+Conditioner = nn.Module | Callable[[int, int], nn.Module]
+
 
 class _Coupling(Bijection):
-    """Split, condition and merge; subclasses supply the elementwise map of the rest."""
+    """Split, condition and merge; subclasses supply the elementwise map of the rest.
+
+    ``conditioner`` is a network, or a factory ``(in_size, out_size) -> network`` that the layer
+    calls with the sizes it needs: for a 1-D mask ``in_size`` is the number of kept features and
+    ``out_size`` is ``params_per_feature`` times the number transformed; for an event-shaped mask
+    they count channels (``C`` and ``params_per_feature * C``)."""
 
     #: how many tensors the conditioner yields per transformed feature (t; or log-scale and t)
     params_per_feature: int = 1
 
-    def __init__(self, mask: Tensor, conditioner: nn.Module):
+    def __init__(self, mask: Tensor, conditioner: Conditioner):
         super().__init__()
         mask = validate_mask(mask)
         self.register_buffer("mask", mask)
-        self.conditioner = conditioner
         self.by_index = mask.dim() == 1
+        if not isinstance(conditioner, nn.Module):
+            conditioner = conditioner(*self._conditioner_sizes(mask))
+        self.conditioner = conditioner
         if self.by_index:
             keep = mask.nonzero().squeeze(1)
             rest = (~mask).nonzero().squeeze(1)
@@ -44,6 +56,11 @@ class _Coupling(Bijection):
             elif bool(mask[-n_keep:].all()):
                 self.halves = (1, mask.numel() - n_keep)  # keep last
         self.num_transformed = int((~mask).sum())
+
+    def _conditioner_sizes(self, mask: Tensor) -> tuple[int, int]:
+        if self.by_index:
+            return int(mask.sum()), self.params_per_feature * int((~mask).sum())
+        return mask.shape[0], self.params_per_feature * mask.shape[0]
 
     # (B, D) -> (B, D_keep), (B, D_rest) for vectors; (B, *event) twice for masks.
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,14 +115,15 @@ class AffineCoupling(_Coupling):
     Args:
         mask: boolean, True for the features kept and conditioned on; shape ``(D,)`` or the event
             shape.
-        conditioner: the network computing ``(raw_s, t)`` from the kept features.
+        conditioner: the network computing ``(raw_s, t)`` from the kept features, or a factory
+            that builds it from its input and output sizes (see ``_Coupling``).
         scale_init: initial bound on ``|s|`` per layer.
         max_scale: the cap on ``|s|`` (None: no cap).
 
     Example:
         >>> import torch
         >>> from realnvp.nn import MLP
-        >>> layer = AffineCoupling(torch.tensor([True, False]), MLP(1, 2, hidden_features=16))
+        >>> layer = AffineCoupling(torch.tensor([True, False]), lambda i, o: MLP(i, o, 16))
         >>> z, log_det = layer(torch.randn(5, 2))
         >>> z.shape, log_det.shape
         (torch.Size([5, 2]), torch.Size([5]))
@@ -116,7 +134,7 @@ class AffineCoupling(_Coupling):
     def __init__(
         self,
         mask: Tensor,
-        conditioner: nn.Module,
+        conditioner: Conditioner,
         scale_init: float = 2.0,
         max_scale: float | None = MAX_SCALE,
     ):
@@ -129,6 +147,10 @@ class AffineCoupling(_Coupling):
         else:
             shape = (self.mask.shape[0],) + (1,) * (self.mask.dim() - 1)
         self.scale = nn.Parameter(torch.full(shape, float(scale_init)))
+
+    def l2_terms(self) -> list[Tensor]:
+        """What the paper code's L2 penalizes here: the log-scale bound."""
+        return [self.scale]
 
     def _scale_shift(self, keep: Tensor) -> tuple[Tensor, Tensor]:
         raw_s, t = self._params(keep)

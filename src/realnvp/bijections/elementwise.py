@@ -119,7 +119,7 @@ class Logit(Bijection):
     ``log|det dz/dx| = sum(log((1 - 2 alpha) / levels) - log p - log(1 - p))`` with
     ``p = alpha + (1 - 2 alpha) x / levels``. Because the map starts from pixel units, the flow's
     ``log_prob`` is a density over dequantized pixels, and bits per dimension are simply
-    ``-log_prob / (D * log 2)`` (see ``realnvp.images.bits_per_dim``).
+    ``-log_prob / (D * log 2)`` (see ``realnvp.models.bits_per_dim``).
 
     Example:
         >>> f = Logit(levels=256, alpha=0.05)

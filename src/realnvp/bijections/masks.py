@@ -22,10 +22,15 @@ def half_mask(features: int, first: bool = True) -> Tensor:
     return mask if first else ~mask
 
 
-def alternating_masks(features: int, num_layers: int) -> list[Tensor]:
-    """Masks for ``num_layers`` couplings alternating between the two halves, so that after any
-    two consecutive layers every feature has been transformed."""
-    return [half_mask(features, first=(i % 2 == 0)) for i in range(num_layers)]
+def alternating_masks(first: Tensor, num_layers: int) -> list[Tensor]:
+    """Masks for ``num_layers`` couplings: ``first``, its complement, ``first``, ...; after any
+    two consecutive layers every feature has been transformed.
+
+    Example:
+        >>> [m.tolist() for m in alternating_masks(half_mask(2), 3)]
+        [[True, False], [False, True], [True, False]]
+    """
+    return [first if i % 2 == 0 else ~first for i in range(num_layers)]
 
 
 def validate_mask(mask: Tensor) -> Tensor:

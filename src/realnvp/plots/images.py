@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from torch import Tensor
 
-from realnvp.images import MultiScaleRealNVP
+from realnvp.models import MultiScaleRealNVP
 
 
 def to_pixels(x: Tensor, levels: int) -> NDArray:

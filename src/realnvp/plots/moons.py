@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
-from realnvp.flows import Flow
+from realnvp.models import Flow
 from realnvp.training import History
 
 # Two moons in colours that stay apart in grey scale (dark navy, light orange) and in shape.
@@ -32,6 +32,7 @@ class DepthResult:
     test_nll: float
     gap: float
     history: History
+    row: dict = field(default_factory=dict)  # the study's table row
 
 
 def _scatter_moons(ax: Axes, points: NDArray, labels: NDArray, size: float = 3.0) -> None:
@@ -62,13 +63,38 @@ def _grid_lines(
 
 
 @torch.no_grad()
-def _apply(fn, points: NDArray, flow: Flow) -> NDArray:
-    return fn(torch.as_tensor(points, dtype=flow.dtype, device=flow.device)).cpu().numpy()
+def _encode(flow: Flow, x: NDArray) -> NDArray:
+    return flow.encode(flow.as_input(x)).double().cpu().numpy()
+
+
+@torch.no_grad()
+def _log_prob(flow: Flow, x: NDArray) -> NDArray:
+    return flow.log_prob(flow.as_input(x)).double().cpu().numpy()
+
+
+@torch.no_grad()
+def _decode(flow: Flow, z: NDArray) -> NDArray:
+    return (
+        flow.decode(torch.as_tensor(z, dtype=flow.dtype, device=flow.device)).double().cpu().numpy()
+    )
 
 
 def _draw_lines(ax: Axes, lines: Sequence[NDArray]) -> None:
     for line in lines:
         ax.plot(line[:, 0], line[:, 1], color="0.55", linewidth=0.6, zorder=0)
+
+
+def _style_panel(ax: Axes, title: str, space: str, xlim: tuple, ylim: tuple) -> None:
+    ax.set_title(title)
+    if space == "X":
+        ax.set_xlim(xlim)
+        ax.set_ylim(ylim)
+    else:
+        ax.set_xlim(-4, 4)
+        ax.set_ylim(-4, 4)
+    ax.set_xlabel(f"${space.lower()}_1$")
+    ax.set_ylabel(f"${space.lower()}_2$")
+    ax.set_aspect("equal")
 
 
 def plot_mapping(
@@ -85,21 +111,18 @@ def plot_mapping(
     ylim = (float(x[:, 1].min()) - 0.3, float(x[:, 1].max()) + 0.3)
     x_grid = _grid_lines(xlim, ylim)
     z_grid = _grid_lines((-3.0, 3.0), (-3.0, 3.0), n=13)
-    z = _apply(flow.encode, x, flow)
-    gen = torch.Generator().manual_seed(seed)
-    z_prior = torch.randn(len(x), 2, generator=gen).numpy()
-    x_from_prior = _apply(flow.decode, z_prior, flow)
+    z_prior = torch.randn(len(x), 2, generator=torch.Generator().manual_seed(seed)).numpy()
+    x_from_prior = _decode(flow, z_prior)
     prior_labels = z_labels_from_x(x_from_prior)
-
     fig = Figure(figsize=(11, 9.5), layout="constrained")
     axes = fig.subplots(2, 2)
-    panels = [
+    panels = [  # (axes, points, labels, grid lines, title, space)
         (axes[0, 0], x, labels, x_grid, "Inference: $x \\sim \\hat p_X$, grid in $X$", "X"),
         (
             axes[0, 1],
-            z,
+            _encode(flow, x),
             labels,
-            [_apply(flow.encode, g, flow) for g in x_grid],
+            [_encode(flow, g) for g in x_grid],
             "Inference: $z = f(x)$, the grid mapped by $f$",
             "Z",
         ),
@@ -108,26 +131,15 @@ def plot_mapping(
             axes[1, 0],
             x_from_prior,
             prior_labels,
-            [_apply(flow.decode, g, flow) for g in z_grid],
+            [_decode(flow, g) for g in z_grid],
             "Generation: $x = f^{-1}(z)$, the grid mapped by $f^{-1}$",
             "X",
         ),
     ]
-    for ax, pts, lab, lines, panel_title, space in panels:
+    for ax, points, point_labels, lines, panel_title, space in panels:
         _draw_lines(ax, lines)
-        _scatter_moons(ax, pts, lab)
-        ax.set_title(panel_title)
-        if space == "X":
-            ax.set_xlim(xlim)
-            ax.set_ylim(ylim)
-            ax.set_xlabel("$x_1$")
-            ax.set_ylabel("$x_2$")
-        else:
-            ax.set_xlim(-4, 4)
-            ax.set_ylim(-4, 4)
-            ax.set_xlabel("$z_1$")
-            ax.set_ylabel("$z_2$")
-        ax.set_aspect("equal")
+        _scatter_moons(ax, points, point_labels)
+        _style_panel(ax, panel_title, space, xlim, ylim)
     axes[0, 0].legend(loc="upper right", markerscale=4, fontsize=9)
     axes[1, 0].text(
         0.02,
@@ -167,7 +179,7 @@ def plot_densities(
     densities = []
     for r in results:
         r.flow.eval()
-        densities.append(np.exp(_apply(r.flow.log_prob, grid, r.flow)).reshape(xx.shape))
+        densities.append(np.exp(_log_prob(r.flow, grid)).reshape(xx.shape))
     # One colour scale for every panel, set by the deepest (best) model, so panels compare.
     vmax = float(np.quantile(densities[-1], 0.999))
     for ax, r, density in zip(axes[1:], results, densities, strict=False):
@@ -244,7 +256,7 @@ def plot_latents(results: Sequence[DepthResult], x: NDArray, labels: NDArray) ->
     t = np.linspace(0, 2 * np.pi, 200)
     for ax, r in zip(axes, results, strict=False):
         r.flow.eval()
-        z = _apply(r.flow.encode, x, r.flow)
+        z = _encode(r.flow, x)
         for radius in (1, 2, 3):
             ax.plot(
                 radius * np.cos(t),

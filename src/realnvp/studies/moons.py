@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from realnvp import RealNVP, __version__
+from realnvp import __version__
+from realnvp.config import TrainConfig
 from realnvp.data.moons import moons, moons_log_density
 from realnvp.files import atomic_write
+from realnvp.models import Flow, RealNVP
 from realnvp.plots import save_figure
 from realnvp.plots.moons import (
     DepthResult,
@@ -32,8 +34,7 @@ from realnvp.plots.moons import (
     plot_losses,
     plot_mapping,
 )
-from realnvp.training import TrainConfig, evaluate_nll, fit
-from realnvp.training.runs import standardized_flow
+from realnvp.training import evaluate_nll, fit_data
 
 COLUMNS = [
     "layers",
@@ -51,10 +52,14 @@ COLUMNS = [
 ]
 
 
+_MODEL = RealNVP.defaults()
+
+
 @dataclass
 class MoonsStudyConfig:
     """Every setting of the study. All depths share one recipe: the same conditioner, optimiser,
-    schedule, steps and seeds."""
+    schedule, steps and seeds. The conditioner is the library's default; the recipe is the
+    study's own (longer, smaller batches, no early stopping), recorded in ``config.json``."""
 
     depths: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 50)
     noise: float = 0.05
@@ -64,12 +69,14 @@ class MoonsStudyConfig:
     data_seed: int = 0  # make_moons random_state of the training set
     test_seed: int = 1  # make_moons random_state of the test set
     model_seed: int = 0  # torch seed before each model is built
-    hidden_features: int = 128
-    num_hidden_layers: int = 2
-    activation: str = "relu"
-    scale_init: float = 2.0
+    hidden_features: int = _MODEL["hidden_features"]
+    num_hidden_layers: int = _MODEL["num_hidden_layers"]
+    activation: str = _MODEL["activation"]
+    scale_init: float = _MODEL["scale_init"]
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=6500, batch_size=256, lr=1e-3, eval_every=100)
+        default_factory=lambda: TrainConfig(
+            steps=6500, batch_size=256, lr=1e-3, eval_every=100, patience=None
+        )
     )
     figure1_layers: int = 8  # the depth whose mapping Figure 1 shows
     threads: int | None = None  # torch threads; None leaves torch's default
@@ -82,7 +89,7 @@ class MoonsStudyConfig:
             n_train=2000,
             n_test=1000,
             hidden_features=32,
-            train=TrainConfig(steps=300, batch_size=256, lr=3e-3, eval_every=25),
+            train=TrainConfig(steps=300, batch_size=256, lr=3e-3, eval_every=25, patience=None),
             figure1_layers=4,
         )
 
@@ -102,13 +109,67 @@ def _nearest_moon(x: np.ndarray, noise: float) -> np.ndarray:
     return np.argmax(moons_log_density(x, noise, per_moon=True), axis=1)
 
 
-def _max_inverse_error(flow: RealNVP, x: torch.Tensor) -> float:
+def _max_inverse_error(flow: Flow, x: torch.Tensor) -> float:
     with torch.no_grad():
         return (flow.decode(flow.encode(x)) - x).abs().max().item()
 
 
 def _se(v: np.ndarray) -> float:
     return float(v.std(ddof=1) / math.sqrt(len(v)))
+
+
+@dataclass
+class _Data:
+    """The study's points: training and validation rows, test rows with their moon labels, and
+    the exact density's NLL at each test point."""
+
+    x_train: np.ndarray
+    x_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    limit_test: np.ndarray
+
+    @property
+    def limit_nll(self) -> float:
+        return float(self.limit_test.mean())
+
+
+def _data(config: MoonsStudyConfig) -> _Data:
+    x_all, _ = moons(config.n_train, config.noise, config.data_seed)
+    n_val = max(1, round(config.val_fraction * config.n_train))
+    x_test, y_test = moons(config.n_test, config.noise, config.test_seed)
+    limit_test = -moons_log_density(x_test, config.noise)  # per-point NLL of the true density
+    return _Data(x_all[:-n_val], x_all[-n_val:], x_test, y_test, limit_test)
+
+
+def _train_depth(config: MoonsStudyConfig, depth: int, data: _Data) -> DepthResult:
+    """Train the model of one depth and score it; its table row is ``result.row``."""
+    model = {
+        "num_layers": depth,
+        "hidden_features": config.hidden_features,
+        "num_hidden_layers": config.num_hidden_layers,
+        "activation": config.activation,
+        "scale_init": config.scale_init,
+    }
+    flow, history = fit_data(data.x_train, data.x_val, model, config.train, config.model_seed)
+    t_test = flow.prepare(data.x_test)
+    test_nll = evaluate_nll(flow, t_test).double().numpy()
+    gap = test_nll - data.limit_test
+    row = {
+        "layers": depth,
+        "params": sum(p.numel() for p in flow.parameters()),
+        "train_seconds": round(history.seconds, 1),
+        "train_nll": evaluate_nll(flow, flow.prepare(data.x_train)).mean().item(),
+        "val_nll": history.best_val_nll,
+        "test_nll": float(test_nll.mean()),
+        "test_nll_se": _se(test_nll),
+        "limit_nll": data.limit_nll,
+        "gap": float(gap.mean()),
+        "gap_se": _se(gap),
+        "max_inverse_error": _max_inverse_error(flow, t_test),
+        "best_step": history.best_step,
+    }
+    return DepthResult(depth, flow, row["test_nll"], row["gap"], history, row)
 
 
 def run_moons_study(
@@ -121,61 +182,36 @@ def run_moons_study(
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
-
-    x_all, _y_all = moons(config.n_train, config.noise, config.data_seed)
-    n_val = max(1, round(config.val_fraction * config.n_train))
-    x_train, x_val = x_all[:-n_val], x_all[-n_val:]
-    x_test, y_test = moons(config.n_test, config.noise, config.test_seed)
-    limit_test = -moons_log_density(x_test, config.noise)  # per-point NLL of the true density
-    limit_nll = float(limit_test.mean())
+    data = _data(config)
     log(
-        f"exact limit on the {len(x_test):,} test points: {limit_nll:.4f} nats "
+        f"exact limit on the {len(data.x_test):,} test points: {data.limit_nll:.4f} nats "
         f"(noise {config.noise})"
     )
-
-    # float64 up to the flow's own standardization (see Standardize)
-    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
-    t_train, t_val, t_test = as_tensor(x_train), as_tensor(x_val), as_tensor(x_test)
-
-    rows: list[dict] = []
     results: list[DepthResult] = []
     for depth in config.depths:
-        torch.manual_seed(config.model_seed)
-        flow = standardized_flow(
-            x_train,
-            num_layers=depth,
-            hidden_features=config.hidden_features,
-            num_hidden_layers=config.num_hidden_layers,
-            activation=config.activation,
-            scale_init=config.scale_init,
-        )
-        history = fit(flow, t_train, t_val, config.train)
-        test_nll = evaluate_nll(flow, t_test).double().numpy()
-        gap = test_nll - limit_test
-        row = {
-            "layers": depth,
-            "params": sum(p.numel() for p in flow.parameters()),
-            "train_seconds": round(history.seconds, 1),
-            "train_nll": evaluate_nll(flow, t_train).mean().item(),
-            "val_nll": history.best_val_nll,
-            "test_nll": float(test_nll.mean()),
-            "test_nll_se": _se(test_nll),
-            "limit_nll": limit_nll,
-            "gap": float(gap.mean()),
-            "gap_se": _se(gap),
-            "max_inverse_error": _max_inverse_error(flow, t_test),
-            "best_step": history.best_step,
-        }
-        rows.append(row)
-        results.append(DepthResult(depth, flow, row["test_nll"], row["gap"], history))
+        result = _train_depth(config, depth, data)
+        results.append(result)
+        row = result.row
         log(
             f"{depth:>3} layers: test NLL {row['test_nll']:.4f} ± {row['test_nll_se']:.4f}, "
             f"gap {row['gap']:+.4f} ± {row['gap_se']:.4f}, {row['train_seconds']:.0f} s"
         )
-
+    rows = [r.row for r in results]
     _write_tables(rows, config, out)
+    names = _draw_figures(results, config, data, out)
+    seconds = _write_config(config, out, started)
+    log(
+        f"wrote {', '.join(sorted(names))}, results.csv, results.md, config.json to {out} "
+        f"in {seconds:.0f} s"
+    )
+    return rows
+
+
+def _draw_figures(
+    results: list[DepthResult], config: MoonsStudyConfig, data: _Data, out: Path
+) -> list[str]:
     figure1 = next((r for r in results if r.layers == config.figure1_layers), results[-1])
-    noise = config.noise
+    x_test, y_test, noise = data.x_test, data.y_test, config.noise
     figures = {
         "fig1_mapping.png": plot_mapping(
             figure1.flow,
@@ -183,15 +219,20 @@ def run_moons_study(
             y_test[:2000],
             lambda x: _nearest_moon(x, noise),
             title=f"Real NVP with {figure1.layers} coupling layers on two moons "
-            f"(test NLL {figure1.test_nll:.3f}, exact limit {limit_nll:.3f})",
+            f"(test NLL {figure1.test_nll:.3f}, exact limit {data.limit_nll:.3f})",
             seed=config.model_seed,
         ),
-        "fig2_density.png": plot_densities(results, x_test, y_test, limit_nll),
-        "fig3_loss.png": plot_losses(results, limit_nll),
+        "fig2_density.png": plot_densities(results, x_test, y_test, data.limit_nll),
+        "fig3_loss.png": plot_losses(results, data.limit_nll),
         "fig4_latent.png": plot_latents(results, x_test[:3000], y_test[:3000]),
     }
     for name, fig in figures.items():
         save_figure(fig, out / name, dpi=110)
+    return list(figures)
+
+
+def _write_config(config: MoonsStudyConfig, out: Path, started: float) -> float:
+    """``config.json``: the study's settings and the environment; returns the seconds taken."""
     meta = {
         "realnvp": __version__,
         "torch": torch.__version__,
@@ -201,11 +242,7 @@ def run_moons_study(
     }
     text = json.dumps({"study": "moons", **config.to_dict(), "environment": meta}, indent=2)
     atomic_write(out / "config.json", lambda tmp: tmp.write_text(text + "\n"))
-    log(
-        f"wrote {', '.join(sorted(figures))}, results.csv, results.md, config.json to {out} "
-        f"in {meta['seconds']:.0f} s"
-    )
-    return rows
+    return meta["seconds"]
 
 
 def _write_tables(rows: list[dict], config: MoonsStudyConfig, out: Path) -> None:

@@ -27,13 +27,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from realnvp.files import atomic_write
-from realnvp.flows import Flow, RealNVP
+from realnvp.models import Flow, build_flow
 
 __all__ = [
     "CheckpointError",
-    "atomic_write",
     "build_and_load",
-    "build_flow",
     "load_model",
     "load_training_state",
     "read_model_config",
@@ -91,8 +89,8 @@ def _require(mapping: object, keys: Iterable[str], source: Path, what: str) -> d
 def save_model(run: Path, flow: Flow, info: dict[str, Any]) -> None:
     """Write the model's weights and ``model.json`` (its config plus ``info``) into ``run``."""
     run = Path(run)
-    config = {"format": FORMAT, "model": flow.config, **info}
-    _save_tensors(run / MODEL_WEIGHTS, flow.state_dict(), {"model": flow.config})
+    config = {"format": FORMAT, "model": flow.spec, **info}
+    _save_tensors(run / MODEL_WEIGHTS, flow.state_dict(), {"model": flow.spec})
     atomic_write(run / MODEL_CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
 
 
@@ -110,18 +108,6 @@ def read_model_config(run: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a realnvp model config")
     return config
-
-
-def build_flow(config: dict[str, Any]) -> Flow:
-    """The model a config describes: ``MultiScaleRealNVP`` when its ``type`` is ``multiscale``,
-    else ``RealNVP``; weights are not loaded."""
-    # Configs written before the log-scale cap existed rebuild without it, as they were trained.
-    config = {"max_scale": None, **config}
-    if config.get("type") == "multiscale":
-        from realnvp.images import MultiScaleRealNVP
-
-        return MultiScaleRealNVP(**{k: v for k, v in config.items() if k != "type"})
-    return RealNVP(**config)
 
 
 def build_and_load(config: dict[str, Any], tensors: dict[str, Tensor], source: Path) -> Flow:
@@ -174,7 +160,7 @@ def save_training_state(
     for index, slots in opt["state"].items():
         for name, value in slots.items():
             tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value)
-    meta = {"model": flow.config, "param_groups": opt["param_groups"], "state": state}
+    meta = {"model": flow.spec, "param_groups": opt["param_groups"], "state": state}
     _save_tensors(Path(run) / TRAINING_STATE, tensors, meta)
 
 

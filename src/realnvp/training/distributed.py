@@ -22,6 +22,8 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 # The collectives live below the models, which need them; they are part of this module's API.
 from realnvp.collectives import (
@@ -32,10 +34,12 @@ from realnvp.collectives import (
     world_size,
 )
 from realnvp.errors import ConfigError
+from realnvp.models import Flow
 
 __all__ = [
     "all_reduce_moments",
     "all_reduce_sum",
+    "data_parallel",
     "init_from_env",
     "is_distributed",
     "rank",
@@ -60,6 +64,22 @@ def init_from_env(device: str = "auto") -> torch.device | None:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def data_parallel(flow: Flow, batch_size: int) -> nn.Module:
+    """``flow`` wrapped in DistributedDataParallel when this process is one of several, else
+    ``flow`` itself. ``batch_size`` is the global batch: it must split evenly over the
+    processes."""
+    n = world_size()
+    if n == 1:
+        return flow
+    if batch_size % n:
+        raise ConfigError(
+            f"batch_size: the global batch of {batch_size} must be divisible by the {n} processes"
+        )
+    # The batch norms all-reduce their own moments (realnvp.collectives), on CPU too.
+    ids = [flow.device] if flow.device.type == "cuda" else None
+    return DistributedDataParallel(flow, device_ids=ids)
 
 
 def shutdown() -> None:

@@ -1,29 +1,35 @@
-"""A training run in a folder: split the data, train, checkpoint, resume."""
+"""Fitting a flow to data, the one path every entry point takes: split the rows, build the model
+for the training rows (``Flow.for_data``), prepare the tensors (``Flow.as_input``,
+``Flow.prepare``) and train. ``fit_data`` does it in memory (the estimator, the studies);
+``train_run`` does it in a run folder, with checkpoints and resume (the CLI)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
+from realnvp.config import VAL_FRACTION, TrainConfig
 from realnvp.errors import ConfigError
-from realnvp.flows import Flow, RealNVP
+from realnvp.files import atomic_write
+from realnvp.models import Flow, kind_of
+from realnvp.training.callbacks import Callback, run_outputs
 from realnvp.training.checkpoint import (
     MODEL_CONFIG,
     MODEL_WEIGHTS,
     TRAINING_STATE,
     CheckpointError,
-    atomic_write,
     load_model,
     load_training_state,
     read_model_config,
-    save_model,
 )
-from realnvp.training.loop import History, TrainConfig, Trainer
+from realnvp.training.loop import History, Trainer
 
 #: the seed of the one dequantization of validation images
 VAL_NOISE_SEED = 20170101
@@ -38,22 +44,6 @@ def split(x: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np
     if val_fraction > 0:
         n_val = min(max(n_val, 1), len(x) - 1)
     return x[perm[n_val:]], x[perm[:n_val]]
-
-
-def standardized_flow(x_train: np.ndarray, **model: Any) -> RealNVP:
-    """A RealNVP that standardizes with the mean and std of ``x_train`` (a constant column
-    gets std 1), so it trains on standardized values and reports densities in data units.
-
-    The statistics are computed in float64 and kept so (see ``Standardize``): feed the flow
-    float64 data and columns with large offsets keep their digits."""
-    x_train = np.asarray(x_train, dtype=np.float64)
-    flow = RealNVP(**{**model, "features": x_train.shape[1], "standardize": True})
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
-        std = x_train.std(0)
-    flow.set_standardization(
-        torch.as_tensor(x_train.mean(0)), torch.as_tensor(np.where(std > 0, std, 1.0))
-    )
-    return flow
 
 
 def fingerprint(x: np.ndarray) -> str:
@@ -135,9 +125,58 @@ class ResumeConflict(ConfigError):
         )
 
 
+def _options(model: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (model or {}).items() if k != "type"}
+
+
+def make_trainer(
+    flow: Flow,
+    x_train: NDArray,
+    x_val: NDArray,
+    config: TrainConfig | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Trainer:
+    """A trainer for ``flow`` on the rows ``x_train`` and ``x_val`` (numpy): the training rows
+    as the model takes them, the validation rows prepared once (an image model dequantizes them
+    with a fixed seed, ``VAL_NOISE_SEED``); no validation set when ``x_val`` is empty."""
+    x_val_t = flow.prepare(x_val, VAL_NOISE_SEED) if len(x_val) else None
+    return Trainer(flow, flow.as_input(x_train), x_val_t, config, callbacks)
+
+
+def fit_data(
+    x_train: NDArray,
+    x_val: NDArray,
+    model: dict[str, Any] | None = None,
+    config: TrainConfig | None = None,
+    seed: int | None = None,
+    device: str = "cpu",
+    callbacks: Sequence[Callback] = (),
+) -> tuple[Flow, History]:
+    """Build the model ``model`` describes for ``x_train`` and train it in memory; returns the
+    flow, in evaluation mode with its best validation weights, and its history.
+
+    ``model`` holds the constructor's arguments and, for another kind than ``RealNVP``, its
+    ``type`` (e.g. ``{"type": "multiscale", "levels": 17}``); sizes and statistics come from
+    ``x_train``. ``config`` defaults to the kind's ``recipe``; ``seed`` seeds torch before the
+    model is built (None: torch's global generator as it stands).
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(200, 2))
+        >>> flow, history = fit_data(x[:180], x[180:], {"num_layers": 2, "hidden_features": 8},
+        ...                          TrainConfig(steps=20, eval_every=10), seed=0)
+        >>> history.step, flow.config["features"]
+        ([10, 20], 2)
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    flow = kind_of(model).for_data(x_train, **_options(model)).to(resolve_device(device))
+    history = make_trainer(flow, x_train, x_val, config, callbacks).fit()
+    return flow.eval(), history
+
+
 def train_run(
     run: Path,
-    x: np.ndarray,
+    x: NDArray,
     model: dict[str, Any] | None = None,
     config: TrainConfig | None = None,
     val_fraction: float | None = None,
@@ -145,21 +184,21 @@ def train_run(
     device: str = "auto",
     progress: bool = False,
     data_info: dict[str, Any] | None = None,
-    levels: int | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> tuple[Flow, History]:
     """Fit a flow to the rows of ``x`` and keep everything in the folder ``run``.
 
-    Tables: ``x`` is (N, D); ``model`` holds RealNVP's arguments (``features`` is taken from
-    ``x``); standardization is always on, with the training rows' mean and std (in float64),
-    so densities are in the data's own units.
+    ``model`` describes the model as for ``fit_data``: ``RealNVP``'s arguments for a table ``x``
+    (N, D), which it standardizes with the training rows' mean and std (in float64) so that
+    densities are in the data's own units; ``{"type": "multiscale", "levels": K, ...}`` for
+    images ``x`` (N, C, H, W) of integer grey levels, which it dequantizes with fresh noise drawn
+    from ``(seed, step)`` at each step and, for validation, once with a fixed seed.
 
-    ``val_fraction`` of the rows (0.1 if None) are held out for validation, drawn with
-    ``config.seed``.
-
-    Images: pass ``levels``; ``x`` is (N, C, H, W) integer grey levels and ``model`` holds
-    ``MultiScaleRealNVP``'s arguments (``shape`` and ``levels`` are taken from the data). Each
-    training batch is dequantized with fresh noise drawn from ``(seed, step)``; the validation
-    images are dequantized once, with a fixed seed.
+    ``config`` defaults to the model kind's ``recipe``; torch is seeded with ``config.seed``
+    before the model is built. ``val_fraction`` of the rows (``VAL_FRACTION`` if None) are held
+    out for validation, drawn with ``config.seed``. The run writes checkpoints,
+    ``metrics.csv``, TensorBoard scalars and ``history.json`` (see
+    ``realnvp.training.callbacks.run_outputs``); ``callbacks`` are called after those.
 
     With ``resume``, training continues from ``run/last.safetensors`` with exactly the settings
     the run was started with, the split of ``x`` into training and validation rows included.
@@ -171,40 +210,33 @@ def train_run(
     run = Path(run)
     dev = resolve_device(device)
     if resume:
-        return _resume(run, x, model, config, val_fraction, dev, progress)
+        return _resume(run, x, model, config, val_fraction, dev, progress, callbacks)
     if (run / MODEL_CONFIG).exists() or (run / TRAINING_STATE).exists():
         raise FileExistsError(
             f"{run}: already holds a run; resume it, or train into another folder"
         )
-    config = config or TrainConfig()
-    val_fraction = 0.1 if val_fraction is None else val_fraction
+    kind = kind_of(model)
+    config = config or kind.recipe
+    val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
     x_train, x_val = split(x, val_fraction, config.seed)
-    shape = {"shape": list(x.shape[1:]), "levels": levels} if levels else {"features": x.shape[1]}
+    data = {"rows": len(x), "shape": list(x.shape[1:]), "fingerprint": fingerprint(x)}
     info = {
-        "data": {
-            **(data_info or {}),
-            "rows": len(x),
-            **shape,
-            "fingerprint": fingerprint(x),
-            "val_fraction": val_fraction,
-        },
+        "data": {**(data_info or {}), **data, "val_fraction": val_fraction},
         "train": config.to_dict(),
     }
     run.mkdir(parents=True, exist_ok=True)
-    if levels:
-        from realnvp.images import MultiScaleRealNVP
-
-        flow = MultiScaleRealNVP(**{**(model or {}), "shape": x.shape[1:], "levels": levels})
-    else:
-        flow = standardized_flow(x_train, **(model or {}))
-    trainer = _trainer(run, flow.to(dev), x_train, x_val, config, info, progress)
-    return _fit(run, trainer)
+    torch.manual_seed(config.seed)
+    flow = kind.for_data(x_train, **_options(model)).to(dev)
+    outputs = run_outputs(run, info, progress) + list(callbacks)
+    return _fit(run, make_trainer(flow, x_train, x_val, config, outputs))
 
 
-def _resume(run, x, model, config, val_fraction, device, progress) -> tuple[Flow, History]:
+def _resume(
+    run, x, model, config, val_fraction, device, progress, callbacks
+) -> tuple[Flow, History]:
     flow, optimizer_state, state, best = _load_state(run)
     given = {
-        "model": model or {},
+        "model": _options(model),
         "train": {} if config is None else config.to_dict(),
         "data": {"val_fraction": val_fraction} if val_fraction is not None else {},
     }
@@ -222,7 +254,8 @@ def _resume(run, x, model, config, val_fraction, device, progress) -> tuple[Flow
         train.update({k: getattr(config, k) for k in RESUME_MAY_CHANGE})
     config = saved_config(run, train)
     x_train, x_val = split(x, info["data"]["val_fraction"], config.seed)
-    trainer = _trainer(run, flow.to(device), x_train, x_val, config, info, progress)
+    outputs = run_outputs(run, info, progress) + list(callbacks)
+    trainer = make_trainer(flow.to(device), x_train, x_val, config, outputs)
     try:
         trainer.load_state(
             state,
@@ -240,30 +273,3 @@ def _fit(run: Path, trainer: Trainer) -> tuple[Flow, History]:
         text = json.dumps(history.to_dict(), indent=1) + "\n"
         atomic_write(run / "history.json", lambda tmp: tmp.write_text(text))
     return trainer.flow.eval(), history
-
-
-def _trainer(run, flow, x_train, x_val, config, info, progress) -> Trainer:
-    device = flow.device
-    images = {}
-    if flow.config.get("type") == "multiscale":
-        from realnvp.images import Dequantizer, dequantize
-
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
-        x_val = as_tensor(x_val) if len(x_val) else None
-        if x_val is not None:
-            x_val = dequantize(x_val, torch.Generator(device=device).manual_seed(VAL_NOISE_SEED))
-        images = {"batch_transform": Dequantizer(config.seed), "dims": flow.dims}
-    else:  # tables stay float64 up to the flow's standardization
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
-        x_val = as_tensor(x_val) if len(x_val) else None
-    return Trainer(
-        flow,
-        as_tensor(x_train),
-        x_val,
-        config,
-        run=run,
-        save_model=lambda f: save_model(run, f, info),
-        progress=progress,
-        run_info=info,
-        **images,
-    )

@@ -16,9 +16,11 @@ dimension. Written for data scaled to ``[0, 1]`` as in the paper's code, the sam
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from realnvp import collectives
@@ -34,10 +36,11 @@ from realnvp.bijections import (
     channel_mask,
     checkerboard_mask,
 )
-from realnvp.bijections.coupling import MAX_SCALE
+from realnvp.bijections.coupling import MAX_SCALE, Conditioner
+from realnvp.config import TrainConfig
 from realnvp.distributions import StandardNormal
 from realnvp.errors import ConfigError
-from realnvp.flows import Flow
+from realnvp.models.flow import Flow, Metric
 from realnvp.nn import ResNet
 
 
@@ -73,6 +76,19 @@ class Dequantizer:
         return x.to(torch.float32) + noise[r::n]
 
 
+def default_scales(height: int, width: int) -> int:
+    """Scales down to the paper's 4x4: halve while both sides stay even and at least 4.
+
+    Example: 8x8 digits get 2 scales, 28x28 MNIST 3, 32x32 CIFAR-10 4.
+        >>> default_scales(8, 8), default_scales(28, 28), default_scales(32, 32)
+        (2, 3, 4)
+    """
+    scales = 1
+    while height % 2 == 0 and width % 2 == 0 and min(height, width) // 2 >= 4:
+        height, width, scales = height // 2, width // 2, scales + 1
+    return scales
+
+
 class _MaskedInput(nn.Module):
     """Give the conditioner the mask as an extra channel, so it knows which pixels are given."""
 
@@ -86,12 +102,11 @@ class _MaskedInput(nn.Module):
         return self.net(torch.cat([x, m], dim=1))
 
 
-def _coupling(
-    mask: Tensor, hidden: int, blocks: int, checker: bool, scale_init: float, max_scale
-) -> AffineCoupling:
-    c = mask.shape[0]
-    net = ResNet(c + 1 if checker else c, 2 * c, hidden, blocks)
-    return AffineCoupling(mask, _MaskedInput(mask, net) if checker else net, scale_init, max_scale)
+def _conditioner(mask: Tensor, hidden: int, blocks: int, checker: bool) -> Conditioner:
+    """A ResNet from the coupling's channel counts; a checkerboard's also sees its mask."""
+    if checker:
+        return lambda c_in, c_out: _MaskedInput(mask, ResNet(c_in + 1, c_out, hidden, blocks))
+    return lambda c_in, c_out: ResNet(c_in, c_out, hidden, blocks)
 
 
 def _scale(
@@ -107,7 +122,8 @@ def _scale(
     layers: list[Bijection] = []
 
     def add(mask: Tensor, checker: bool) -> None:
-        layers.append(_coupling(mask, hidden, blocks, checker, scale_init, max_scale))
+        conditioner = _conditioner(mask, hidden, blocks, checker)
+        layers.append(AffineCoupling(mask, conditioner, scale_init, max_scale))
         if batch_norm:
             layers.append(BatchNorm(mask.shape[0]))
 
@@ -137,7 +153,8 @@ class MultiScaleRealNVP(Flow):
         shape: ``(C, H, W)`` of one image; ``H`` and ``W`` must be divisible by
             ``2 ** (num_scales - 1)``.
         levels: grey levels of the discrete pixels (256 for 8-bit images, 17 for sklearn digits).
-        num_scales: scales, the last one included (the paper recurses until 4x4).
+        num_scales: scales, the last one included; None: ``default_scales(H, W)``, down to 4x4
+            as the paper recurses.
         hidden_channels: width of the first scale's ResNets; doubled at each scale.
         num_blocks: residual blocks per ResNet.
         alpha: the logit preprocessing's margin (0.05 in the paper).
@@ -147,18 +164,23 @@ class MultiScaleRealNVP(Flow):
             ``AffineCoupling``; None: no cap).
 
     Example:
-        >>> flow = MultiScaleRealNVP((1, 8, 8), levels=17, num_scales=2, hidden_channels=8,
-        ...                          num_blocks=1)
+        >>> flow = MultiScaleRealNVP((1, 8, 8), levels=17, hidden_channels=8, num_blocks=1)
         >>> x = dequantize(torch.randint(0, 17, (4, 1, 8, 8)))
         >>> flow.log_prob(x).shape, flow.encode(x).shape
         (torch.Size([4]), torch.Size([4, 1, 8, 8]))
     """
 
+    kind = "multiscale"
+    #: the paper code's recipe: batch 64, gradient-norm clip 100, L2 5e-5 on the scales and
+    #: weight-norm magnitudes
+    recipe: ClassVar[TrainConfig] = TrainConfig(batch_size=64, grad_clip=100.0, scale_l2=5e-5)
+    nll_units: ClassVar[str] = "nats per image, of dequantized pixels"
+
     def __init__(
         self,
         shape: tuple[int, int, int] | list[int],
         levels: int = 256,
-        num_scales: int = 2,
+        num_scales: int | None = None,
         hidden_channels: int = 32,
         num_blocks: int = 2,
         alpha: float = 0.05,
@@ -169,12 +191,13 @@ class MultiScaleRealNVP(Flow):
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ConfigError(f"shape must be (channels, height, width), got {shape}")
+        _, h, w = shape
+        num_scales = default_scales(h, w) if num_scales is None else num_scales
         if num_scales < 1 or hidden_channels < 1 or num_blocks < 0:
             raise ConfigError(
                 f"need num_scales >= 1, hidden_channels >= 1, num_blocks >= 0; got "
                 f"{num_scales}, {hidden_channels}, {num_blocks}"
             )
-        _, h, w = shape
         step = 2 ** (num_scales - 1)
         if h % step or w % step:
             raise ConfigError(
@@ -187,8 +210,7 @@ class MultiScaleRealNVP(Flow):
             shape, num_scales, hidden_channels, num_blocks, batch_norm, scale_init, max_scale
         )
         super().__init__(Compose([Logit(levels, alpha), body]), StandardNormal(shape))
-        self.config: dict[str, Any] = {
-            "type": "multiscale",
+        self.config = {
             "shape": list(shape),
             "levels": levels,
             "num_scales": num_scales,
@@ -200,10 +222,57 @@ class MultiScaleRealNVP(Flow):
             "max_scale": max_scale,
         }
 
+    @classmethod
+    def for_data(cls, x_train: NDArray, **options: Any) -> MultiScaleRealNVP:
+        """A model for images ``x_train`` (N, C, H, W) of integer grey levels: the shape from
+        the data, ``levels`` (required) and the rest from ``options``."""
+        if "levels" not in options:
+            raise ConfigError("levels: the number of grey levels of the images is required")
+        return cls(**{**options, "shape": tuple(np.shape(x_train)[1:])})
+
+    @property
+    def levels(self) -> int:
+        """Grey levels of the discrete pixels."""
+        return self.config["levels"]
+
     @property
     def dims(self) -> int:
         """Pixels per image, ``C * H * W``: the D of bits per dimension."""
         return math.prod(self.config["shape"])
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def mismatch(self, x: NDArray) -> str | None:
+        """Images of another shape, or with grey levels beyond the model's ``levels``."""
+        shape, top = tuple(np.shape(x)[1:]), int(np.max(x)) if np.size(x) else 0
+        if shape != self.event_shape or top >= self.levels:
+            return (
+                f"images of shape {shape} with grey levels up to {top}; the model expects "
+                f"shape {self.event_shape} with levels 0..{self.levels - 1}"
+            )
+        return None
+
+    def prepare(self, x: NDArray | Tensor, seed: int = 0) -> Tensor:
+        """Integer grey levels, dequantized once with noise drawn from ``seed``."""
+        x = self.as_input(x)
+        return dequantize(x, torch.Generator(device=x.device).manual_seed(seed))
+
+    def training_batch(self, x: Tensor, step: int, seed: int) -> Tensor:
+        """Integer grey levels with fresh noise drawn from ``(seed, step)`` (see
+        ``Dequantizer``)."""
+        return Dequantizer(seed)(x, step)
+
+    @property
+    def metric(self) -> Metric:
+        """Bits per dimension (see ``bits_per_dim``)."""
+        return Metric("bits_per_dim", "bpd", "bits/dim", lambda nll: bits_per_dim(-nll, self.dims))
+
+    def to_data(self, x: Tensor) -> NDArray[np.uint8]:
+        """Continuous outputs as discrete grey levels: floor, clip to ``[0, levels)``; uint8."""
+        x = torch.nan_to_num(x.detach().float().cpu(), nan=0.0)
+        return x.floor().clamp(0, self.levels - 1).numpy().astype(np.uint8)
 
     def bits_per_dim(self, x: Tensor) -> Tensor:
         """Bits per dimension of each dequantized image in ``x``: (B, C, H, W) -> (B,)."""

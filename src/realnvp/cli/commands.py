@@ -1,0 +1,404 @@
+"""What each ``realnvp`` command does: a thin layer over the library. The commands see a model
+only through the ``Flow`` interface (``as_input``, ``prepare``, ``metric``, ``to_data``,
+``event_shape``); the one place a kind is chosen is ``_training_data``, from the data."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import numpy as np
+import torch
+
+from realnvp.audit import audit
+from realnvp.cli.parser import MODEL_OPTIONS, TRAIN_OPTIONS, flag, model_options
+from realnvp.config import TrainConfig
+from realnvp.data.images import IMAGE_DATASETS, is_image_source, load_images
+from realnvp.data.sources import load_data
+from realnvp.data.tabular import DataError
+from realnvp.files import atomic_write
+from realnvp.models import Flow, MultiScaleRealNVP, RealNVP, kind_of
+from realnvp.plots import save_figure
+from realnvp.plots.images import mosaic, plot_manifold, plot_reconstructions, plot_samples
+from realnvp.studies.moons import MoonsStudyConfig, run_moons_study
+from realnvp.training import History, evaluate_nll, train_run
+from realnvp.training.checkpoint import load_model
+from realnvp.training.distributed import init_from_env, rank, world_size
+from realnvp.training.runs import (
+    ResumeConflict,
+    check_resume,
+    resolve_device,
+    saved_config,
+    saved_settings,
+)
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line on stderr with exit code 2."""
+
+
+# -- outputs -------------------------------------------------------------------------------
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot write to {path}: {error.strerror or error}") from None
+
+
+def _check_output(path: str) -> None:
+    """Fail before any work when the output file cannot be written."""
+    if path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"cannot write {target}: it is a folder")
+    parent = target.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {target}: no folder {parent}")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"cannot write {target}: permission denied")
+
+
+def _write_csv(path: str, array: np.ndarray, header: list[str]) -> None:
+    def write(stream) -> None:
+        stream.write(",".join(header) + "\n")
+        np.savetxt(stream, array, delimiter=",", fmt="%.9g")
+
+    def write_file(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            write(f)
+
+    if path == "-":
+        write(sys.stdout)
+    else:
+        atomic_write(Path(path), write_file)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _write_images(path: Path, grey: np.ndarray, levels: int) -> None:
+    """Discrete grey levels (N, C, H, W): a .npy array of uint8, or a .png grid."""
+    if path.suffix == ".npy":
+        atomic_write(path, lambda tmp: tmp.write_bytes(_npy_bytes(grey)))
+        return
+    grid = mosaic(grey / (levels - 1), cols=math.ceil(math.sqrt(len(grey))))
+    atomic_write(
+        path,
+        lambda tmp: matplotlib.image.imsave(tmp, grid, cmap="gray", vmin=0, vmax=1, format="png"),
+    )
+
+
+# -- data in -------------------------------------------------------------------------------
+def _is_table(flow: Flow) -> bool:
+    """Whether the model's examples are rows of a table (a CSV can hold them)."""
+    return len(flow.event_shape) == 1
+
+
+def _examples(args: argparse.Namespace, spec: str, flow: Flow, seed: int, min_rows: int = 1):
+    """The examples of ``spec`` as the model scores them (``flow.prepare``): the rows of a table
+    (a value that overflows the model, after its standardization, is refused naming its row and
+    column) or the test split of an image set (dequantized with ``seed``)."""
+    if _is_table(flow):
+        representable = lambda a: flow.in_range(torch.as_tensor(a)).cpu().numpy()  # noqa: E731
+        columns = flow.event_shape[0]
+        x, _ = load_data(spec, args.n, seed, args.drop_nonfinite, min_rows, columns, representable)
+    else:
+        x = load_images(spec).test
+    problem = flow.mismatch(x)
+    if problem is not None:
+        raise DataError(f"{spec}: {problem}")
+    return flow.prepare(x, seed)
+
+
+def _latents(args: argparse.Namespace, spec: str, flow: Flow) -> torch.Tensor:
+    """Latent codes from a table, in the model's dtype; a value it cannot hold is refused."""
+    limit = float(torch.finfo(flow.dtype).max)
+    x, _ = load_data(
+        spec,
+        args.n,
+        args.data_seed,
+        args.drop_nonfinite,
+        columns=flow.event_shape[0],
+        representable=lambda a: np.abs(a) <= limit,
+    )
+    return torch.as_tensor(x, dtype=flow.dtype, device=flow.device)
+
+
+def _training_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The training data, a description for the run's records, and the model kind they call
+    for: the multi-scale model for images, Real NVP for a table."""
+    if is_image_source(args.data):
+        data = load_images(args.data)
+        source = args.data if args.data in IMAGE_DATASETS else str(Path(args.data).resolve())
+        model = {"type": MultiScaleRealNVP.kind, "levels": data.levels}
+        return data.train, {"source": source, "dataset": data.name}, model
+    x, info = load_data(args.data, args.n, args.data_seed, args.drop_nonfinite, min_rows=2)
+    if x.shape[1] < 2:
+        raise UsageError(f"{args.data}: has {x.shape[1]} column; Real NVP needs at least 2")
+    return x, info, {"type": RealNVP.kind}
+
+
+# -- train ---------------------------------------------------------------------------------
+def _given(args: argparse.Namespace, options: dict[str, str]) -> dict[str, Any]:
+    """The options the user set on the command line, by the library's parameter names."""
+    values = {name: getattr(args, dest) for name, dest in options.items()}
+    return {name: v for name, v in values.items() if v is not None and v is not False}
+
+
+def _check_model_options(args: argparse.Namespace, kind: type[Flow]) -> None:
+    """Refuse a model option that the data's kind of model does not take (--layers for images)."""
+    foreign = [dest for name, dest in MODEL_OPTIONS.items() if name not in kind.defaults()]
+    given = [flag(dest) for dest in foreign if getattr(args, dest) is not None]
+    if given:
+        own = ", ".join(flag(dest) for dest in model_options(kind).values())
+        raise UsageError(
+            f"{', '.join(given)}: not an option of {kind.__name__}, the model for {args.data}; "
+            f"its options are {own}"
+        )
+
+
+def _resume_settings(args: argparse.Namespace, kind: type[Flow]) -> TrainConfig:
+    """The recipe of the run being resumed; any option given must repeat its saved value."""
+    saved = saved_settings(args.out)
+    given = {
+        "model": _given(args, model_options(kind)),
+        "train": _given(args, TRAIN_OPTIONS),
+        "data": _given(args, {"val_fraction": "val_fraction"}),
+    }
+    try:
+        check_resume(args.out, saved, given)
+    except ResumeConflict as conflict:
+        dest = {**model_options(kind), **TRAIN_OPTIONS}.get(conflict.name, conflict.name)
+        raise UsageError(
+            f"{args.out}: was started with {flag(dest)} {conflict.saved}, not "
+            f"{conflict.given}; a resumed run keeps its settings (leave the option out, or "
+            "start a new run with another --out)"
+        ) from None
+    return saved_config(args.out, {**saved["train"], "compile": args.compile})
+
+
+def _prepare_run(args: argparse.Namespace) -> str:
+    """Refuse a missing GPU and an unwritable RUN before any work; join the process group when
+    launched by torchrun. Returns the device to train on."""
+    resolve_device(args.device)
+    device = init_from_env(args.device)
+    _make_folder(args.out)
+    return args.device if device is None else str(device)
+
+
+def _train(args: argparse.Namespace) -> int:
+    x, info, model = _training_data(args)
+    kind = kind_of(model)
+    _check_model_options(args, kind)
+    device = _prepare_run(args)
+    if args.resume:
+        config, model, val_fraction = _resume_settings(args, kind), None, None
+    else:
+        model = {**model, **_given(args, model_options(kind))}
+        config = replace(kind.recipe, **_given(args, TRAIN_OPTIONS))
+        val_fraction = args.val_fraction
+    try:
+        flow, history = train_run(
+            args.out,
+            x,
+            model,
+            config,
+            val_fraction,
+            args.resume,
+            device,
+            progress=not args.no_progress,
+            data_info=info,
+        )
+    except FileExistsError as error:
+        if error.errno is not None:  # the system's, not the library's "already holds a run"
+            raise
+        raise UsageError(
+            f"{args.out}: already holds a run; pass --resume to continue it, or choose another "
+            "--out"
+        ) from None
+    _report(history, flow, args.out)
+    return 0
+
+
+def _report(history: History, flow: Flow, out: Path) -> None:
+    if rank() != 0:
+        return
+    metric, best = flow.metric, "no validation set"
+    if history.best_step and metric is not None:
+        value = metric.of_nll(history.best_val_nll)
+        best = f"best validation {value:.4f} {metric.unit} at step {history.best_step}"
+    elif history.best_step:
+        best = f"best validation NLL {history.best_val_nll:.4f} at step {history.best_step}"
+    processes = f" on {world_size()} processes" if world_size() > 1 else ""
+    print(
+        f"trained {history.step[-1] if history.step else 0} steps{processes} in "
+        f"{history.seconds:.0f} s; {best}; model in {out}",
+        file=sys.stderr,
+    )
+
+
+# -- using a trained model -----------------------------------------------------------------
+def _eval(args: argparse.Namespace) -> int:
+    flow, _ = load_model(args.run_dir)
+    x = _examples(args, args.data, flow, args.data_seed, min_rows=2)
+    nll = evaluate_nll(flow, x).double().cpu().numpy()
+    result = {
+        "nll": float(nll.mean()),
+        "nll_se": float(nll.std(ddof=1) / math.sqrt(len(nll))),
+        "n": len(nll),
+        "units": flow.nll_units,
+    }
+    metric = flow.metric
+    if metric is not None:
+        result[metric.name] = metric.of_nll(result["nll"])
+        result[f"{metric.name}_se"] = metric.of_nll(result["nll_se"])
+    if args.json:
+        print(json.dumps(result))
+    elif metric is not None:
+        print(
+            f"{result[metric.name]:.4f} ± {result[f'{metric.name}_se']:.4f} {metric.unit} "
+            f"(NLL {result['nll']:.2f} {flow.nll_units}, n = {result['n']:,})"
+        )
+    else:
+        print(
+            f"NLL {result['nll']:.4f} ± {result['nll_se']:.4f} nats per row (n = {result['n']:,})"
+        )
+    return 0
+
+
+def _transform(args: argparse.Namespace) -> int:
+    _check_output(args.output)
+    flow, _ = load_model(args.run_dir)
+    if not _is_table(flow):
+        raise UsageError(
+            f"{args.run_dir}: is an image model; '{args.command}' works on table models "
+            "(use the Python API's log_prob/encode/decode for images)"
+        )
+    d = flow.event_shape[0]
+    if args.command == "decode":
+        x = _latents(args, args.data, flow)
+    else:
+        x = _examples(args, args.data, flow, args.data_seed)
+    with torch.inference_mode():
+        if args.command == "score":
+            out, header = flow.log_prob(x)[:, None], ["log_prob"]
+        elif args.command == "encode":
+            out, header = flow.encode(x), [f"z{i + 1}" for i in range(d)]
+        else:
+            out, header = flow.decode(x), [f"x{i + 1}" for i in range(d)]
+    out = out.double().cpu().numpy()
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        raise UsageError(
+            f"{args.data}: row {int(np.argmax(bad)) + 1} ({int(bad.sum())} rows in all) gives a "
+            f"non-finite {header[0] if args.command == 'score' else 'value'}: the row is too far "
+            "outside what the model was trained on; nothing was written"
+        )
+    _write_csv(args.output, out, header)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    _check_output(args.output)
+    flow, _ = load_model(args.run_dir)
+    table = _is_table(flow)
+    if not table and Path(args.output).suffix not in (".png", ".npy"):
+        raise UsageError(f"{args.output}: an image model writes a .png grid or a .npy array")
+    generator = torch.Generator(device=flow.device).manual_seed(args.seed)
+    with torch.inference_mode():
+        x = flow.to_data(flow.sample(args.n, args.temperature, generator=generator))
+    if table:
+        _write_csv(args.output, x, [f"x{i + 1}" for i in range(x.shape[1])])
+    else:
+        _write_images(Path(args.output), x, flow.config["levels"])
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    flow, config = load_model(args.run_dir)
+    if _is_table(flow):
+        raise UsageError(f"{args.run_dir}: 'plot' draws image models; this one is a table model")
+    spec = args.data or config.get("data", {}).get("source")
+    if spec is None:
+        raise UsageError("name the test images: realnvp plot RUN DATA --out DIR")
+    x = _examples(args, spec, flow, seed=1)
+    _make_folder(args.out)
+    spread = lambda k: x[torch.linspace(0, len(x) - 1, min(k, len(x))).long()]  # noqa: E731
+    figures = {
+        "samples.png": plot_samples(flow, seed=args.seed),
+        "reconstructions.png": plot_reconstructions(flow, spread(32)),
+        "manifold.png": plot_manifold(flow, spread(4)),
+    }
+    for name, figure in figures.items():
+        save_figure(figure, args.out / name, dpi=150)
+        print(args.out / name)
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    flow, _ = load_model(args.run_dir)
+    # one backward pass per output value and point: a few points for images
+    max_points = args.max_points if _is_table(flow) else min(args.max_points, 2)
+    if args.data is None:
+        with torch.no_grad():
+            x = flow.sample(4096, generator=torch.Generator().manual_seed(args.data_seed))
+    else:
+        x = _examples(args, args.data, flow, args.data_seed)
+    report = audit(flow, x, max_points)
+    ok_inv = report["inverse_error"] <= args.inverse_tol
+    ok_det = report["log_det_error"] <= args.log_det_tol
+    print(
+        f"invertibility: max |f^-1(f(x)) - x| / std = {report['inverse_error']:.2e} over "
+        f"{report['points']:,} points (tolerance {args.inverse_tol:g}): "
+        f"{'ok' if ok_inv else 'FAILED'}"
+    )
+    print(
+        f"log-det: max |log_det - autograd| = {report['log_det_error']:.2e} over "
+        f"{report['log_det_points']:,} points in float64 (tolerance {args.log_det_tol:g}): "
+        f"{'ok' if ok_det else 'FAILED'}"
+    )
+    return 0 if ok_inv and ok_det else 1
+
+
+def _study(args: argparse.Namespace) -> int:
+    config = MoonsStudyConfig.quick() if args.quick else MoonsStudyConfig()
+    if args.depths is not None:
+        config = replace(config, depths=tuple(args.depths))
+    if args.steps is not None:
+        config = replace(config, train=replace(config.train, steps=args.steps))
+    if args.noise is not None:
+        config = replace(config, noise=args.noise)
+    if args.seed is not None:
+        config = replace(config, model_seed=args.seed)
+    if args.threads is not None:
+        config = replace(config, threads=args.threads)
+    _make_folder(args.out)
+    _check_output(str(args.out / "results.csv"))
+    run_moons_study(config, args.out, log=lambda line: print(line, file=sys.stderr))
+    return 0
+
+
+#: each command's function, by name
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "score": _transform,
+    "encode": _transform,
+    "decode": _transform,
+    "sample": _sample,
+    "plot": _plot,
+    "audit": _audit,
+    "study": _study,
+}

@@ -1,0 +1,59 @@
+"""The training recipe: every setting that changes a training run's result, in one dataclass.
+
+Its field defaults are the library's defaults (the table recipe); a model kind that trains
+differently carries its own recipe (``MultiScaleRealNVP.recipe``). The CLI, the estimator and
+``train_run`` all start from a model's ``recipe``, so each default is written once, here or there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from realnvp.errors import ConfigError
+
+#: the share of the rows held out for validation when nothing else is asked for
+VAL_FRACTION = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """How to train: every setting that changes the result, so a run can be repeated.
+
+    ``schedule`` is ``"cosine"`` (learning rate annealed to 0 over ``steps``) or ``"constant"``.
+    ``patience``: stop after this many evaluations without a better validation NLL (None: never).
+    ``scale_l2``: weight of the flow's ``regularization()`` (the image model's L2 on weight-norm
+    magnitudes, 5e-5 in the paper's code), added to the loss; 0 for none.
+    ``bf16``: run the training forward pass under bfloat16 autocast (convolutions and matrix
+    multiplies in bf16, the coupling arithmetic and log-dets in float32); evaluation stays float32.
+    ``compile``: ``flow.compile()`` before training (torch.compile; faster steps after a one-off
+    compilation).
+    """
+
+    steps: int = 5000
+    batch_size: int = 512
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    scale_l2: float = 0.0
+    bf16: bool = False
+    compile: bool = False
+    eval_every: int = 100
+    patience: int | None = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.scale_l2 < 0:
+            raise ConfigError(f"scale_l2 must be non-negative, got {self.scale_l2}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be at least 1, got {self.patience}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,158 @@
+"""What a training run writes, as ``Trainer`` callbacks: a progress bar, ``metrics.csv``,
+TensorBoard scalars and checkpoints. Each reports the NLL in nats and, beside it, the flow's
+``metric`` when it has one (bits per dimension for images)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+from realnvp.files import atomic_write
+from realnvp.training.checkpoint import save_model, save_training_state
+from realnvp.training.loop import Callback, Evaluation, History, Trainer
+
+
+def _columns(history: History, trainer: Trainer) -> dict[str, list[float]]:
+    """The history by column: step, train_nll, val_nll, lr, then the metric of each NLL."""
+    columns: dict[str, list[Any]] = {
+        "step": history.step,
+        "train_nll": history.train_nll,
+        "val_nll": history.val_nll,
+        "lr": history.lr,
+    }
+    metric = trainer.flow.metric
+    if metric is not None:
+        columns[f"train_{metric.short}"] = [metric.of_nll(v) for v in history.train_nll]
+        columns[f"val_{metric.short}"] = [metric.of_nll(v) for v in history.val_nll]
+    return columns
+
+
+class ProgressBar(Callback):
+    """A tqdm bar on stderr, its postfix the latest NLLs (or the flow's metric); when stderr is
+    not a terminal, one plain line per evaluation instead."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def on_start(self, trainer: Trainer) -> None:
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm  # tqdm is only imported where a bar is drawn
+
+            self.bar = tqdm(
+                total=trainer.config.steps,
+                initial=trainer.step,
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
+
+    def on_step(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
+        metric = trainer.flow.metric
+        if metric is None:
+            names, convert = ("loss", "val_nll"), float
+        else:
+            names, convert = (metric.short, f"val_{metric.short}"), metric.of_nll
+        shown = {names[0]: f"{convert(evaluation.train_nll):.4f}"}
+        if evaluation.val_nll is not None:
+            shown[names[1]] = f"{convert(evaluation.val_nll):.4f}"
+        if self.bar is not None:
+            self.bar.set_postfix(shown, refresh=False)
+        else:
+            print(
+                f"step {evaluation.step}/{trainer.config.steps}",
+                *(f"{k} {v}" for k, v in shown.items()),
+                file=sys.stderr,
+            )
+
+    def on_end(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class MetricsCSV(Callback):
+    """The whole history as a CSV file, rewritten (atomically) at each evaluation."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
+        columns = _columns(trainer.history, trainer)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(columns)
+        writer.writerows(zip(*columns.values(), strict=True))
+        atomic_write(self.path, lambda tmp: tmp.write_text(buffer.getvalue()))
+
+
+class TensorBoard(Callback):
+    """Scalars ``nll/train``, ``nll/val`` (and the metric's) in ``folder``, when the
+    tensorboard package is installed; nothing otherwise."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.writer: Any = None
+
+    def on_start(self, trainer: Trainer) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # tensorboard is optional
+        except ImportError:
+            return
+        self.writer = SummaryWriter(str(self.folder))
+
+    def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
+        if self.writer is None:
+            return
+        values = {"nll": float}
+        if trainer.flow.metric is not None:
+            values[trainer.flow.metric.short] = trainer.flow.metric.of_nll
+        for name, convert in values.items():
+            self.writer.add_scalar(f"{name}/train", convert(evaluation.train_nll), evaluation.step)
+            if evaluation.val_nll is not None:
+                self.writer.add_scalar(f"{name}/val", convert(evaluation.val_nll), evaluation.step)
+        self.writer.flush()
+
+    def on_end(self, trainer: Trainer) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Checkpoint(Callback):
+    """A run folder's checkpoints: ``last.safetensors`` (everything ``resume`` needs, ``info``
+    included) at every evaluation, then ``model.safetensors``/``model.json`` when the
+    validation NLL improves, and while none is finite yet, so a folder with a model always holds
+    a training state; at the end, the model files hold the best weights (or the last ones,
+    without a finite validation NLL).
+
+    ``info``: the run's settings (data fingerprint, split, recipe), kept in both files."""
+
+    def __init__(self, run: Path, info: dict[str, Any]):
+        self.run = Path(run)
+        self.info = info
+
+    def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
+        state = {**trainer.state(), "run": self.info}
+        save_training_state(self.run, trainer.flow, trainer.optimizer, state, trainer.best_state)
+        if evaluation.improved or trainer.best_state is None:
+            save_model(self.run, trainer.flow, self.info)
+
+    def on_end(self, trainer: Trainer) -> None:
+        save_model(self.run, trainer.flow, self.info)
+
+
+def run_outputs(run: Path, info: dict[str, Any], progress: bool = False) -> list[Callback]:
+    """What ``train_run`` writes into a run folder: checkpoints, ``metrics.csv``, TensorBoard
+    scalars in ``tensorboard/``, and a progress bar if ``progress``."""
+    run = Path(run)
+    outputs = [
+        Checkpoint(run, info),
+        MetricsCSV(run / "metrics.csv"),
+        TensorBoard(run / "tensorboard"),
+    ]
+    return outputs + ([ProgressBar()] if progress else [])
