@@ -1,4 +1,5 @@
-"""Shared fixtures and helpers: float64 by default, random non-identity parameters."""
+"""Shared fixtures: the devices to run on, and torch seeded before every test (helpers such as
+``randomize`` live in ``helpers.py``)."""
 
 from __future__ import annotations
 

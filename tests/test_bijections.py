@@ -44,16 +44,19 @@ class ConvNet(nn.Sequential):
         )
 
 
-# Each case: a builder (seed -> bijection) and the event shape of its input.
-# name -> (builder, event shape[, map from normal draws into the domain])
+# name -> (builder, event shape[, map from normal draws into the domain]); a builder takes no
+# argument (the autouse fixture seeds torch). Couplings get a conditioner or, as the models
+# build them, a factory that the layer calls with its (in, out) sizes.
 CASES: dict[str, tuple] = {
-    "affine-D2": (lambda: AffineCoupling(torch.tensor([True, False]), MLP(1, 2, 16)), (2,)),
+    "affine-D2": (lambda: AffineCoupling(torch.tensor([True, False]), MLP(1, 2, 16, 2)), (2,)),
     "affine-D5-keep-last": (
-        lambda: AffineCoupling(torch.arange(5) >= 2, MLP(3, 4, 16)),
+        lambda: AffineCoupling(torch.arange(5) >= 2, lambda i, o: MLP(i, o, 16, 2)),
         (5,),
     ),
     "affine-D5-user-mask": (
-        lambda: AffineCoupling(torch.tensor([True, False, True, False, False]), MLP(2, 6, 16)),
+        lambda: AffineCoupling(
+            torch.tensor([True, False, True, False, False]), lambda i, o: MLP(i, o, 16, 2)
+        ),
         (5,),
     ),
     "affine-checkerboard": (
@@ -62,12 +65,13 @@ CASES: dict[str, tuple] = {
     ),
     "affine-channel": (
         lambda: AffineCoupling(
-            (torch.arange(4) < 2)[:, None, None].expand(4, 3, 3).clone(), ConvNet(4, 2)
+            (torch.arange(4) < 2)[:, None, None].expand(4, 3, 3).clone(),
+            lambda c_in, c_out: ConvNet(c_in, c_out // c_in),
         ),
         (4, 3, 3),
     ),
     "additive-D3": (
-        lambda: AdditiveCoupling(torch.tensor([True, True, False]), MLP(2, 1, 16)),
+        lambda: AdditiveCoupling(torch.tensor([True, True, False]), lambda i, o: MLP(i, o, 16, 2)),
         (3,),
     ),
     "additive-checkerboard": (
@@ -80,15 +84,15 @@ CASES: dict[str, tuple] = {
         (3,),
     ),
     "inverse-affine": (
-        lambda: Inverse(AffineCoupling(torch.tensor([False, True]), MLP(1, 2, 16))),
+        lambda: Inverse(AffineCoupling(torch.tensor([False, True]), MLP(1, 2, 16, 2))),
         (2,),
     ),
     "compose": (
         lambda: Compose(
             [
-                AffineCoupling(torch.tensor([True, False, False]), MLP(1, 4, 16)),
+                AffineCoupling(torch.tensor([True, False, False]), MLP(1, 4, 16, 2)),
                 Permutation(torch.tensor([1, 2, 0])),
-                AdditiveCoupling(torch.tensor([False, True, True]), MLP(2, 1, 16)),
+                AdditiveCoupling(torch.tensor([False, True, True]), MLP(2, 1, 16, 2)),
             ]
         ),
         (3,),

@@ -23,3 +23,26 @@ def test_readme_opens_with_two_commands_that_pin_torch() -> None:
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert readme_commands()[1] in ci_lines
+
+
+def library_section() -> str:
+    return (ROOT / "README.md").read_text().split("## The library", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_library_map_names_every_part_of_the_package() -> None:
+    """Every entry of README's map exists, and every module or package of src/realnvp is in it."""
+    tree = re.search(r"```\nsrc/realnvp/\n(.+?)```", library_section(), re.S).group(1)
+    mapped = set(re.findall(r"^  (\S+?)/?\s", tree, re.M))
+    src = ROOT / "src" / "realnvp"
+    parts = {p.name.removesuffix(".py") for p in src.iterdir() if p.suffix == ".py" or p.is_dir()}
+    parts -= {"__init__", "__main__", "__pycache__"}
+    assert {m.removesuffix(".py") for m in mapped} == parts
+
+
+def test_the_library_example_runs(tmp_path, monkeypatch) -> None:
+    code = re.search(r"```python\n(.+?)```", library_section(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert (tmp_path / "runs" / "mine" / "model.json").exists()
+    assert namespace["history"].step[-1] == 300

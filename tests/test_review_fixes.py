@@ -250,7 +250,7 @@ def test_a_shifted_table_gets_the_same_density() -> None:
 
 
 def test_the_log_scale_is_capped() -> None:
-    layer = AffineCoupling(torch.tensor([True, False]), MLP(1, 2, 8, zero_last=False))
+    layer = AffineCoupling(torch.tensor([True, False]), MLP(1, 2, 8, 2, zero_last=False))
     with torch.no_grad():
         layer.scale.fill_(50.0)
         layer.conditioner[-1].bias.fill_(100.0)  # tanh(raw_s) = 1

@@ -30,7 +30,8 @@ def activation(name: str) -> nn.Module:
 
 
 class MLP(nn.Sequential):
-    """A multilayer perceptron ``in -> hidden x num_hidden_layers -> out``.
+    """A multilayer perceptron ``in -> hidden x num_hidden_layers -> out``. Its sizes have no
+    defaults here: the models that build it hold them (``RealNVP``).
 
     The last layer starts at zero (``zero_last=True``), so a coupling layer built on it starts as
     the identity map.
@@ -50,8 +51,8 @@ class MLP(nn.Sequential):
         self,
         in_features: int,
         out_features: int,
-        hidden_features: int = 128,
-        num_hidden_layers: int = 2,
+        hidden_features: int,
+        num_hidden_layers: int,
         activation_name: str = "relu",
         zero_last: bool = True,
         compute_dtype: torch.dtype | None = None,
@@ -142,9 +143,7 @@ class ResNet(nn.Module):
         0.0
     """
 
-    def __init__(
-        self, in_channels: int, out_channels: int, hidden_channels: int = 32, num_blocks: int = 2
-    ):
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int, num_blocks: int):
         super().__init__()
         if min(in_channels, out_channels, hidden_channels) < 1 or num_blocks < 0:
             raise ConfigError(

@@ -123,7 +123,7 @@ class AffineCoupling(_Coupling):
     Example:
         >>> import torch
         >>> from realnvp.nn import MLP
-        >>> layer = AffineCoupling(torch.tensor([True, False]), lambda i, o: MLP(i, o, 16))
+        >>> layer = AffineCoupling(torch.tensor([True, False]), lambda i, o: MLP(i, o, 16, 2))
         >>> z, log_det = layer(torch.randn(5, 2))
         >>> z.shape, log_det.shape
         (torch.Size([5, 2]), torch.Size([5]))

@@ -1,5 +1,6 @@
-"""Bijections that move values around without changing them: squeeze and factor-out, the two
-pieces of the paper's multi-scale architecture (section 3.6)."""
+"""The two pieces of the paper's multi-scale architecture (section 3.6): ``Squeeze`` trades
+space for channels, ``FactorOut`` sends half the channels to the latent and the other half on
+through the next scale."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ class Squeeze(Bijection):
 
 
 class FactorOut(Bijection):
-    """Factor out half the channels (paper eq. 13-16): the first half goes straight to the
-    latent, the second half through ``inner``, and the two are put back side by side.
+    """Factor out half the channels (paper eq. 13-16): the first half is *factored* out, straight
+    to the latent; the second half is *carried* on through ``inner``; the two are put back side
+    by side.
 
     ``forward(x) = cat([x1, inner(x2)])`` with ``x1, x2`` the two halves of ``x``'s channels.
     """
@@ -49,11 +51,11 @@ class FactorOut(Bijection):
         self.inner = inner
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        out, kept = x.chunk(2, dim=1)
-        kept, log_det = self.inner(kept)
-        return torch.cat([out, kept], dim=1), log_det
+        factored, carried = x.chunk(2, dim=1)
+        carried, log_det = self.inner(carried)
+        return torch.cat([factored, carried], dim=1), log_det
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        out, kept = z.chunk(2, dim=1)
-        kept, log_det = self.inner.inverse(kept)
-        return torch.cat([out, kept], dim=1), log_det
+        factored, carried = z.chunk(2, dim=1)
+        carried, log_det = self.inner.inverse(carried)
+        return torch.cat([factored, carried], dim=1), log_det

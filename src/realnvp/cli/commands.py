@@ -27,7 +27,13 @@ from realnvp.data.tabular import DataError
 from realnvp.files import atomic_write
 from realnvp.models import Flow, MultiScaleRealNVP, RealNVP, kind_of
 from realnvp.plots import save_figure
-from realnvp.plots.images import mosaic, plot_manifold, plot_reconstructions, plot_samples
+from realnvp.plots.images import (
+    mosaic,
+    plot_manifold,
+    plot_reconstructions,
+    plot_samples,
+    to_pixels,
+)
 from realnvp.studies.moons import MoonsStudyConfig, run_moons_study
 from realnvp.training import History, evaluate_nll, train_run
 from realnvp.training.checkpoint import load_model
@@ -88,12 +94,14 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_images(path: Path, grey: np.ndarray, levels: int) -> None:
-    """Discrete grey levels (N, C, H, W): a .npy array of uint8, or a .png grid."""
+def _write_images(path: Path, flow: MultiScaleRealNVP, x: torch.Tensor) -> None:
+    """Model outputs as discrete grey levels: a .npy array (N, C, H, W) of uint8, or a .png
+    grid."""
     if path.suffix == ".npy":
+        grey = flow.to_data(x)
         atomic_write(path, lambda tmp: tmp.write_bytes(_npy_bytes(grey)))
         return
-    grid = mosaic(grey / (levels - 1), cols=math.ceil(math.sqrt(len(grey))))
+    grid = mosaic(to_pixels(flow, x), cols=math.ceil(math.sqrt(len(x))))
     atomic_write(
         path,
         lambda tmp: matplotlib.image.imsave(tmp, grid, cmap="gray", vmin=0, vmax=1, format="png"),
@@ -318,11 +326,11 @@ def _sample(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: an image model writes a .png grid or a .npy array")
     generator = torch.Generator(device=flow.device).manual_seed(args.seed)
     with torch.inference_mode():
-        x = flow.to_data(flow.sample(args.n, args.temperature, generator=generator))
+        x = flow.sample(args.n, args.temperature, generator=generator)
     if table:
-        _write_csv(args.output, x, [f"x{i + 1}" for i in range(x.shape[1])])
+        _write_csv(args.output, flow.to_data(x), [f"x{i + 1}" for i in range(x.shape[1])])
     else:
-        _write_images(Path(args.output), x, flow.config["levels"])
+        _write_images(Path(args.output), flow, x)
     return 0
 
 

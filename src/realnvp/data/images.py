@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
+from sklearn.datasets import load_digits
 
 from realnvp.data.tabular import DataError
 
@@ -45,8 +46,6 @@ def digits(test_size: int = 297) -> ImageData:
     The split is fixed: a permutation drawn with seed 0, the last ``test_size`` images for test
     (1,500 train, 297 test by default).
     """
-    from sklearn.datasets import load_digits
-
     x = load_digits().images.astype(np.uint8)[:, None]
     perm = np.random.default_rng(0).permutation(len(x))
     x = x[perm]

@@ -13,10 +13,10 @@ from torch import Tensor
 from realnvp.models import MultiScaleRealNVP
 
 
-def to_pixels(x: Tensor, levels: int) -> NDArray:
-    """Continuous model output to displayable grey levels in [0, 1]: floor, clip, rescale."""
-    x = torch.nan_to_num(x.detach().float().cpu(), nan=0.0)
-    return (x.floor().clamp(0, levels - 1) / (levels - 1)).numpy()
+def to_pixels(flow: MultiScaleRealNVP, x: Tensor) -> NDArray:
+    """Continuous model output to displayable grey levels in [0, 1]: the discrete levels
+    (``flow.to_data``) rescaled."""
+    return flow.to_data(x) / (flow.levels - 1)
 
 
 def mosaic(images: NDArray, cols: int, pad: int = 1) -> NDArray:
@@ -46,12 +46,12 @@ def plot_samples(
 ) -> Figure:
     """One grid of ``n`` samples per temperature, from the same base draws scaled."""
     flow.eval()
-    levels, cols = flow.config["levels"], int(math.sqrt(n))
+    cols = int(math.sqrt(n))
     z = flow.base.sample(n, generator=torch.Generator().manual_seed(seed))
     fig = Figure(figsize=(4 * len(temperatures), 4.3), layout="constrained")
     axes = fig.subplots(1, len(temperatures), squeeze=False)[0]
     for ax, t in zip(axes, temperatures, strict=True):
-        _show(ax, mosaic(to_pixels(flow.decode(z * t), levels), cols), f"samples, T = {t}")
+        _show(ax, mosaic(to_pixels(flow, flow.decode(z * t)), cols), f"samples, T = {t}")
     return fig
 
 
@@ -59,14 +59,13 @@ def plot_samples(
 def plot_reconstructions(flow: MultiScaleRealNVP, x: Tensor, cols: int = 8) -> Figure:
     """Test images ``x`` (dequantized) beside ``decode(encode(x))``, with the largest error."""
     flow.eval()
-    levels = flow.config["levels"]
     x_rec = flow.decode(flow.encode(x))
     error = (x_rec - x).abs().max().item()
     fig = Figure(figsize=(8, 2.8), layout="constrained")
     left, right = fig.subplots(1, 2)
-    _show(left, mosaic(to_pixels(x, levels), cols), "test images x")
+    _show(left, mosaic(to_pixels(flow, x), cols), "test images x")
     title = f"decode(encode(x)), max |error| {error:.1e}"
-    _show(right, mosaic(to_pixels(x_rec, levels), cols), title)
+    _show(right, mosaic(to_pixels(flow, x_rec), cols), title)
     return fig
 
 
@@ -86,7 +85,7 @@ def plot_manifold(flow: MultiScaleRealNVP, x4: Tensor, steps: int = 8) -> Figure
                 torch.cos(a) * (torch.cos(b) * z[0] + torch.sin(b) * z[1])
                 + torch.sin(a) * (torch.cos(b) * z[2] + torch.sin(b) * z[3])
             )
-    images = to_pixels(flow.decode(torch.stack(grid)), flow.config["levels"])
+    images = to_pixels(flow, flow.decode(torch.stack(grid)))
     fig = Figure(figsize=(5, 5.3), layout="constrained")
     _show(fig.subplots(), mosaic(images, steps), "latent plane through 4 test images")
     return fig

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
@@ -242,8 +243,6 @@ def plot_losses(results: Sequence[DepthResult], limit_nll: float) -> Figure:
 
 
 def _depth_colors(n: int) -> list:
-    from matplotlib import colormaps
-
     cmap = colormaps["viridis"]
     return [cmap(0.9 * i / max(n - 1, 1)) for i in range(n)]
 

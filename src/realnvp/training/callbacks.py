@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from realnvp.files import atomic_write
 from realnvp.training.checkpoint import save_model, save_training_state
 from realnvp.training.loop import Callback, Evaluation, History, Trainer
@@ -39,8 +41,6 @@ class ProgressBar(Callback):
 
     def on_start(self, trainer: Trainer) -> None:
         if sys.stderr.isatty():
-            from tqdm.auto import tqdm  # tqdm is only imported where a bar is drawn
-
             self.bar = tqdm(
                 total=trainer.config.steps,
                 initial=trainer.step,
