@@ -251,3 +251,21 @@ def test_nan_loss_exits_with_one_line(tmp_path: Path, capsys, monkeypatch) -> No
         ["train", "moons", "--n", "200", "--out", str(tmp_path / "r"), *SMALL], capsys, code=1
     )
     assert "at step 1" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["digits", "--scales", "5"], "--scales: 5 scales need height and width divisible by 16"),
+        (["digits", "--scales", "4"], "--scales: the last scale would be 1x1"),
+        (["moons", "--n", "100", "--device", "cuda"], "--device: 'cuda' was asked for"),
+    ],
+)
+def test_a_setting_the_library_refuses_is_named_by_its_flag(
+    args: list[str], message: str, tmp_path: Path, capsys
+) -> None:
+    """The library names the parameter (num_scales, device); the command line names the flag."""
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    line = fails(["train", *args, "--out", str(tmp_path / "r"), "--no-progress"], capsys)
+    assert message in line and "num_scales" not in line

@@ -154,7 +154,7 @@ def test_user_mask_alternates_with_its_complement() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"features": 1}, "features >= 2"),
+        ({"features": 1}, "features: Real NVP needs at least 2"),
         ({"features": 2, "num_layers": 0}, "num_layers"),
         ({"features": 2, "coupling": "spline"}, "coupling"),
         ({"features": 3, "mask": [True, False]}, "shape"),

@@ -80,10 +80,18 @@ def test_eval_refuses_images_of_another_shape(run: Path, tmp_path: Path, capsys)
     for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
         (tmp_path / name).write_bytes(header + bytes(2 * 28 * 28))
     line = fails(["eval", str(run), str(tmp_path)], capsys)
-    assert (
-        "images of shape (1, 28, 28) with grey levels up to 0; the model expects shape (1, 8, 8)"
-        in line
-    )
+    assert "images of shape (1, 28, 28) with 256 grey levels" in line
+    assert "the model expects shape (1, 8, 8) with 17 levels" in line
+
+
+def test_eval_refuses_images_with_other_grey_levels(run: Path, tmp_path: Path, capsys) -> None:
+    """8x8 images of 256 grey levels on a 17-level model: the shape fits and every pixel (0)
+    is below 17, but bits/dim would be meaningless, so the levels must match too."""
+    header = b"".join(v.to_bytes(4, "big") for v in (2051, 2, 8, 8))
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+        (tmp_path / name).write_bytes(header + bytes(2 * 8 * 8))
+    line = fails(["eval", str(run), str(tmp_path)], capsys)
+    assert "with 256 grey levels; the model expects shape (1, 8, 8) with 17 levels" in line
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from realnvp.cli import main
-from realnvp.training import callbacks, loop
+from realnvp.errors import ConfigError
+from realnvp.training import TrainConfig, callbacks, loop, train_run
 
 SMALL = ["--steps", "40", "--eval-every", "10", "--layers", "2", "--hidden", "8"]
 SMALL += ["--batch-size", "32", "--no-progress", "--patience", "100"]
@@ -176,3 +177,13 @@ def test_resuming_a_state_saved_without_its_best_weights_keeps_the_best_model(
     best = weights(tmp_path / "straight" / "model.safetensors")
     resumed = weights(run / "model.safetensors")
     assert all(torch.equal(best[k], resumed[k]) for k in best)
+
+
+@pytest.mark.parametrize("other", ["multiscale", "no-such-kind"])
+def test_resume_refuses_a_model_of_another_kind(other: str, tmp_path: Path) -> None:
+    """train_run(resume=True, model={"type": ...}) checks the kind like any other setting."""
+    x = np.random.default_rng(0).normal(size=(100, 2))
+    config = TrainConfig(steps=4, eval_every=2)
+    train_run(tmp_path / "run", x, {"num_layers": 2, "hidden_features": 4}, config, device="cpu")
+    with pytest.raises(ConfigError, match="type"):
+        train_run(tmp_path / "run", x, {"type": other}, resume=True, device="cpu")

@@ -45,15 +45,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"must be at least 1, got {getattr(self, name)}", name)
         if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+            raise ConfigError(f"must be positive, got {self.lr}", "lr")
         if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+            raise ConfigError(f"must be 'cosine' or 'constant', got {self.schedule!r}", "schedule")
         if self.scale_l2 < 0:
-            raise ConfigError(f"scale_l2 must be non-negative, got {self.scale_l2}")
+            raise ConfigError(f"must be non-negative, got {self.scale_l2}", "scale_l2")
         if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"patience must be at least 1, got {self.patience}")
+            raise ConfigError(f"must be at least 1, got {self.patience}", "patience")
 
     def to_dict(self) -> dict:
         return asdict(self)

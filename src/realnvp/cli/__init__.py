@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from realnvp.cli.commands import COMMANDS, UsageError
-from realnvp.cli.parser import build_parser
+from realnvp.cli.parser import build_parser, in_flags
 from realnvp.data.tabular import DataError
 from realnvp.errors import ConfigError
 from realnvp.training.checkpoint import CheckpointError
@@ -31,7 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(COMMANDS[args.command](args) or 0)
-    except (UsageError, DataError, CheckpointError, ConfigError) as error:
+    except ConfigError as error:  # a setting: named by its flag
+        print(f"realnvp {args.command}: error: {in_flags(error)}", file=sys.stderr)
+        return 2
+    except (UsageError, DataError, CheckpointError) as error:
         # Errors a user can cause. Any other exception is a bug and keeps its traceback.
         print(f"realnvp {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -118,13 +118,15 @@ def _examples(args: argparse.Namespace, spec: str, flow: Flow, seed: int, min_ro
     """The examples of ``spec`` as the model scores them (``flow.prepare``): the rows of a table
     (a value that overflows the model, after its standardization, is refused naming its row and
     column) or the test split of an image set (dequantized with ``seed``)."""
+    levels = None
     if _is_table(flow):
         representable = lambda a: flow.in_range(torch.as_tensor(a)).cpu().numpy()  # noqa: E731
         columns = flow.event_shape[0]
         x, _ = load_data(spec, args.n, seed, args.drop_nonfinite, min_rows, columns, representable)
     else:
-        x = load_images(spec).test
-    problem = flow.mismatch(x)
+        data = load_images(spec)
+        x, levels = data.test, data.levels
+    problem = flow.mismatch(x, levels)
     if problem is not None:
         raise DataError(f"{spec}: {problem}")
     return flow.prepare(x, seed)

@@ -11,6 +11,7 @@ from pathlib import Path
 from realnvp import __version__
 from realnvp.config import VAL_FRACTION
 from realnvp.data.toy import TOY_DATASETS
+from realnvp.errors import ConfigError
 from realnvp.models import Flow, MultiScaleRealNVP, RealNVP
 
 #: the models' parameters and the option that sets each; a kind takes those its constructor has
@@ -35,6 +36,14 @@ TRAIN_OPTIONS = {
     "bf16": "bf16",
     "compile": "compile",
 }
+#: every library parameter a command-line option sets, and that option's destination
+OPTIONS = {
+    **MODEL_OPTIONS,
+    **TRAIN_OPTIONS,
+    "val_fraction": "val_fraction",
+    "device": "device",
+    "temperature": "temperature",
+}
 DATA_HELP = (
     f"a CSV file (header optional), a .npy/.npz file, or a built-in data set: "
     f"{', '.join(TOY_DATASETS)}"
@@ -48,6 +57,13 @@ IMAGE_HELP = (
 def flag(dest: str) -> str:
     """The command-line spelling of an option's destination: ``batch_size`` -> ``--batch-size``."""
     return "--" + dest.replace("_", "-")
+
+
+def in_flags(error: ConfigError) -> str:
+    """A library error as the command line reports it: the parameter's flag in its place."""
+    if error.param in OPTIONS:
+        return f"{flag(OPTIONS[error.param])}: {error.message}"
+    return str(error)
 
 
 def model_options(kind: type[Flow]) -> dict[str, str]:

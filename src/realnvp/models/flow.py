@@ -122,8 +122,9 @@ class Flow(nn.Module):
         is; an image model adds fresh dequantization noise drawn from ``(seed, step)``."""
         return x
 
-    def mismatch(self, x: NDArray) -> str | None:
-        """Why the examples ``x`` (N, ...) cannot be the model's input, or None if they can."""
+    def mismatch(self, x: NDArray, levels: int | None = None) -> str | None:
+        """Why the examples ``x`` (N, ...) cannot be the model's input, or None if they can;
+        ``levels``: how many discrete values the data come with, when they are discrete."""
         shape = tuple(np.shape(x)[1:])
         if shape != self.event_shape:
             return f"examples of shape {shape}; the model expects {self.event_shape}"
@@ -202,7 +203,7 @@ class Flow(nn.Module):
         """``n`` samples ``x = f^-1(z)``, ``z ~ N(0, temperature^2 I)``, on the model's device;
         in evaluation mode, so each sample is independent of the others and nothing changes."""
         if temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {temperature}")
+            raise ConfigError(f"must be positive, got {temperature}", "temperature")
         with self.evaluating():
             return self._decode(self.base.sample(n, temperature, generator))
 

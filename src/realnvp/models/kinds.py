@@ -18,7 +18,7 @@ def kind_of(config: dict[str, Any] | None) -> type[Flow]:
     configs were written before the type was recorded for vectors)."""
     name = (config or {}).get("type", RealNVP.kind)
     if name not in KINDS:
-        raise ConfigError(f"type: unknown model type {name!r}; known: {', '.join(KINDS)}")
+        raise ConfigError(f"unknown model type {name!r}; known: {', '.join(KINDS)}", "type")
     return KINDS[name]
 
 

@@ -190,22 +190,27 @@ class MultiScaleRealNVP(Flow):
     ):
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
-            raise ConfigError(f"shape must be (channels, height, width), got {shape}")
+            raise ConfigError(f"must be (channels, height, width), got {shape}", "shape")
         _, h, w = shape
         num_scales = default_scales(h, w) if num_scales is None else num_scales
-        if num_scales < 1 or hidden_channels < 1 or num_blocks < 0:
-            raise ConfigError(
-                f"need num_scales >= 1, hidden_channels >= 1, num_blocks >= 0; got "
-                f"{num_scales}, {hidden_channels}, {num_blocks}"
-            )
+        for name, value, least in [
+            ("num_scales", num_scales, 1),
+            ("hidden_channels", hidden_channels, 1),
+            ("num_blocks", num_blocks, 0),
+        ]:
+            if value < least:
+                raise ConfigError(f"must be at least {least}, got {value}", name)
         step = 2 ** (num_scales - 1)
         if h % step or w % step:
             raise ConfigError(
                 f"{num_scales} scales need height and width divisible by {step}, got {h}x{w}; "
-                "pad or crop the images, or use fewer scales"
+                "pad or crop the images, or use fewer scales",
+                "num_scales",
             )
         if h * w // step**2 < 2:
-            raise ConfigError(f"the last scale would be 1x1; use fewer than {num_scales} scales")
+            raise ConfigError(
+                f"the last scale would be 1x1; use fewer than {num_scales} scales", "num_scales"
+            )
         body = _scale(
             shape, num_scales, hidden_channels, num_blocks, batch_norm, scale_init, max_scale
         )
@@ -227,7 +232,7 @@ class MultiScaleRealNVP(Flow):
         """A model for images ``x_train`` (N, C, H, W) of integer grey levels: the shape from
         the data, ``levels`` (required) and the rest from ``options``."""
         if "levels" not in options:
-            raise ConfigError("levels: the number of grey levels of the images is required")
+            raise ConfigError("the number of grey levels of the images is required", "levels")
         return cls(**{**options, "shape": tuple(np.shape(x_train)[1:])})
 
     @property
@@ -244,13 +249,15 @@ class MultiScaleRealNVP(Flow):
     def input_dtype(self) -> torch.dtype:
         return torch.float32
 
-    def mismatch(self, x: NDArray) -> str | None:
-        """Images of another shape, or with grey levels beyond the model's ``levels``."""
+    def mismatch(self, x: NDArray, levels: int | None = None) -> str | None:
+        """Images of another shape or number of grey levels (``levels``, or the data's largest
+        value when not given) than the model's."""
         shape, top = tuple(np.shape(x)[1:]), int(np.max(x)) if np.size(x) else 0
-        if shape != self.event_shape or top >= self.levels:
+        levels = top + 1 if levels is None else levels
+        if shape != self.event_shape or levels != self.levels or top >= self.levels:
             return (
-                f"images of shape {shape} with grey levels up to {top}; the model expects "
-                f"shape {self.event_shape} with levels 0..{self.levels - 1}"
+                f"images of shape {shape} with {levels} grey levels; the model expects shape "
+                f"{self.event_shape} with {self.levels} levels"
             )
         return None
 

@@ -30,7 +30,9 @@ def _dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     if value is None or isinstance(value, torch.dtype):
         return value
     if value not in ("bfloat16", "float16"):
-        raise ConfigError(f"conditioner_dtype must be 'bfloat16', 'float16' or None, got {value!r}")
+        raise ConfigError(
+            f"must be 'bfloat16', 'float16' or None, got {value!r}", "conditioner_dtype"
+        )
     return getattr(torch, value)
 
 
@@ -84,15 +86,15 @@ class RealNVP(Flow):
         max_scale: float | None = MAX_SCALE,
     ):
         if features < 2:
-            raise ConfigError(f"Real NVP needs features >= 2 to couple, got features={features}")
+            raise ConfigError(f"Real NVP needs at least 2 to couple, got {features}", "features")
         if num_layers < 1:
-            raise ConfigError(f"num_layers must be at least 1, got {num_layers}")
+            raise ConfigError(f"must be at least 1, got {num_layers}", "num_layers")
         if coupling not in ("affine", "additive"):
-            raise ConfigError(f"coupling must be 'affine' or 'additive', got {coupling!r}")
+            raise ConfigError(f"must be 'affine' or 'additive', got {coupling!r}", "coupling")
         dtype = _dtype(conditioner_dtype)
         first = half_mask(features) if mask is None else validate_mask(torch.as_tensor(mask))
         if first.shape != (features,):
-            raise ConfigError(f"mask must have shape ({features},), got {tuple(first.shape)}")
+            raise ConfigError(f"must have shape ({features},), got {tuple(first.shape)}", "mask")
 
         def conditioner(in_features: int, out_features: int) -> MLP:
             sizes = (in_features, out_features, hidden_features, num_hidden_layers)

@@ -57,7 +57,7 @@ def init_from_env(device: str = "auto") -> torch.device | None:
     if not dist.is_initialized():
         use_cuda = device != "cpu" and torch.cuda.is_available()
         if device == "cuda" and not use_cuda:
-            raise ConfigError("device: 'cuda' was asked for, but no CUDA device is available")
+            raise ConfigError("'cuda' was asked for, but no CUDA device is available", "device")
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if use_cuda else "gloo")
@@ -75,7 +75,8 @@ def data_parallel(flow: Flow, batch_size: int) -> nn.Module:
         return flow
     if batch_size % n:
         raise ConfigError(
-            f"batch_size: the global batch of {batch_size} must be divisible by the {n} processes"
+            f"the global batch of {batch_size} must be divisible by the {n} processes",
+            "batch_size",
         )
     # The batch norms all-reduce their own moments (realnvp.collectives), on CPU too.
     ids = [flow.device] if flow.device.type == "cuda" else None

@@ -38,7 +38,7 @@ VAL_NOISE_SEED = 20170101
 def split(x: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Shuffle rows with ``seed`` and hold out ``val_fraction`` of them (at least one row)."""
     if not 0 <= val_fraction < 1:
-        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"must be in [0, 1), got {val_fraction}", "val_fraction")
     perm = np.random.default_rng(seed).permutation(len(x))
     n_val = round(val_fraction * len(x))
     if val_fraction > 0:
@@ -56,7 +56,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was asked for, but no CUDA device is available")
+        raise ConfigError("'cuda' was asked for, but no CUDA device is available", "device")
     return torch.device(name)
 
 
@@ -235,6 +235,8 @@ def _resume(
     run, x, model, config, val_fraction, device, progress, callbacks
 ) -> tuple[Flow, History]:
     flow, optimizer_state, state, best = _load_state(run)
+    if model and "type" in model and kind_of(model) is not type(flow):
+        raise ResumeConflict(run, "type", flow.kind, model["type"])
     given = {
         "model": _options(model),
         "train": {} if config is None else config.to_dict(),
