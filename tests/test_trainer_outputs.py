@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import StopAt
 from realnvp import RealNVP
-from realnvp.training import loop
-from realnvp.training.callbacks import ProgressBar, run_outputs
+from realnvp.training import loop, train_run
+from realnvp.training.callbacks import ProgressBar, TensorBoard, run_outputs
 from realnvp.training.loop import Callback, Evaluation, TrainConfig, Trainer, fit
 
 
@@ -191,3 +192,26 @@ def test_tensorboard_scalars_match_metrics_csv(tmp_path: Path) -> None:
     x, x_val = torch.randn(256, 2), torch.randn(64, 2)
     Trainer(tiny_flow(), x, x_val, config, [*run_outputs(tmp_path, {}), Compare()]).fit()
     assert checked == [5, 10, 15, 20]
+
+
+def test_outputs_are_closed_when_training_stops_on_an_error(tmp_path: Path) -> None:
+    """A run that raises (here right after the step-10 evaluation) still closes its
+    TensorBoard writer, so its events are on disk and no file handle is left open."""
+    pytest.importorskip("tensorboard")
+    outputs = run_outputs(tmp_path, {})
+    board = next(o for o in outputs if isinstance(o, TensorBoard))
+    config = TrainConfig(steps=40, batch_size=32, eval_every=10)
+    trainer = Trainer(tiny_flow(), torch.randn(256, 2), None, config, [*outputs, StopAt(10)])
+    with pytest.raises(StopAt.Stop):
+        trainer.fit()
+    assert board.writer is None and list((tmp_path / "tensorboard").iterdir())
+
+
+def test_resuming_a_finished_run_writes_no_new_events_file(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    x = np.random.default_rng(0).normal(size=(100, 2))
+    config = TrainConfig(steps=4, eval_every=2)
+    train_run(tmp_path, x, {"num_layers": 2, "hidden_features": 4}, config, device="cpu")
+    before = sorted((tmp_path / "tensorboard").iterdir())
+    train_run(tmp_path, x, resume=True, device="cpu")
+    assert sorted((tmp_path / "tensorboard").iterdir()) == before

@@ -71,7 +71,7 @@ class ProgressBar(Callback):
                 file=sys.stderr,
             )
 
-    def on_end(self, trainer: Trainer) -> None:
+    def on_close(self, trainer: Trainer) -> None:
         if self.bar is not None:
             self.bar.close()
 
@@ -98,15 +98,11 @@ class TensorBoard(Callback):
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.writer: Any = None
-
-    def on_start(self, trainer: Trainer) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # tensorboard is optional
-        except ImportError:
-            return
-        self.writer = SummaryWriter(str(self.folder))
+        self.available = True
 
     def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
+        if self.writer is None:  # opened at the first evaluation: a run that evaluates
+            self.writer = self._open()  # nothing (a finished run resumed) writes no events file
         if self.writer is None:
             return
         values = {"nll": float}
@@ -118,9 +114,20 @@ class TensorBoard(Callback):
                 self.writer.add_scalar(f"{name}/val", convert(evaluation.val_nll), evaluation.step)
         self.writer.flush()
 
-    def on_end(self, trainer: Trainer) -> None:
+    def _open(self) -> Any:
+        if self.available:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # tensorboard is optional
+            except ImportError:
+                self.available = False
+            else:
+                return SummaryWriter(str(self.folder))
+        return None
+
+    def on_close(self, trainer: Trainer) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
 
 class Checkpoint(Callback):

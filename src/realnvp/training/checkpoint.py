@@ -7,8 +7,9 @@ intact.
 
 A run folder holds:
 
-- ``model.safetensors`` and ``model.json``: the best weights so far, and what rebuilds the model
-  (its constructor arguments and the data's statistics); what ``eval``/``sample``/... load.
+- ``model.safetensors`` and ``model.json``: the best weights so far (the data's statistics
+  among them, as buffers), and what rebuilds the model (``flow.spec``: its type and constructor
+  arguments) with the run's settings; what ``eval``/``sample``/... load.
 - ``last.safetensors``: the training state for ``--resume``, complete on its own: weights, best
   weights so far, optimizer, step, history, recipe, and the run's settings (data fingerprint,
   validation split).
@@ -42,7 +43,9 @@ __all__ = [
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model.json"
 TRAINING_STATE = "last.safetensors"
-FORMAT = "realnvp-checkpoint-1"
+#: the format written: 2 records each model's type (0.2.0); 1 (0.1.0) is still read
+FORMAT = "realnvp-checkpoint-2"
+READABLE = ("realnvp-checkpoint-1", FORMAT)
 
 
 class CheckpointError(ValueError):
@@ -67,7 +70,7 @@ def _load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             f"{path}: not a readable safetensors checkpoint (truncated, corrupted, or another "
             f"format such as a pickle): {str(error).splitlines()[0][:120]}"
         ) from None
-    if raw.get("format") != FORMAT:
+    if raw.get("format") not in READABLE:
         raise CheckpointError(f"{path}: not a realnvp checkpoint (no '{FORMAT}' marker)")
     try:
         meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
@@ -105,7 +108,7 @@ def read_model_config(run: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    if not isinstance(config, dict) or config.get("format") not in READABLE:
         raise CheckpointError(f"{path}: not a realnvp model config")
     return config
 

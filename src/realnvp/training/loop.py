@@ -125,6 +125,9 @@ class Callback:
     def on_end(self, trainer: Trainer) -> None:
         """At the end of ``fit``, with the flow holding its best weights."""
 
+    def on_close(self, trainer: Trainer) -> None:
+        """When ``fit`` returns or raises (a NaN loss, Ctrl-C): release files, bars."""
+
 
 class Trainer:
     """Maximum-likelihood training of a flow, with evaluation, early stopping and callbacks.
@@ -195,6 +198,12 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> History:
         """Train until ``config.steps`` or early stopping; returns the history."""
+        try:
+            return self._fit()
+        finally:
+            self._call("on_close")
+
+    def _fit(self) -> History:
         config, flow = self.config, self.flow
         batches = batch_indices(len(self.x_train), config.batch_size, config.seed, self.step)
         window, window_steps = 0.0, 0
