@@ -26,7 +26,11 @@ def jacobian_log_det(flow: Flow | Callable[[Tensor], tuple[Tensor, Tensor]], x: 
     return torch.linalg.slogdet(jac).logabsdet
 
 
-def audit(flow: Flow, x: Tensor, max_points: int = 256) -> dict[str, float]:
+#: the points the log-det is checked on, by default
+MAX_POINTS = 256
+
+
+def audit(flow: Flow, x: Tensor, max_points: int = MAX_POINTS) -> dict[str, float]:
     """The largest round-trip error ``|f^-1(f(x)) - x|`` over ``x``, in the model's dtype and in
     units of each column's spread, and the largest difference between the flow's log-det and the
     autograd Jacobian's, computed in float64 on the first ``max_points`` rows."""

@@ -15,7 +15,7 @@ from realnvp.errors import ConfigError
 VAL_FRACTION = 0.1
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """How to train: every setting that changes the result, so a run can be repeated.
 

@@ -103,7 +103,7 @@ class RealNVPDensity(BaseEstimator):
         """Log-density of each row of X, in X's units: shape (n_samples,)."""
         check_is_fitted(self, "flow_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        x = torch.as_tensor(X, dtype=torch.float64, device=self.flow_.device)
+        x = self.flow_.as_input(X)
         ok = self.flow_.in_range(x)
         if not bool(ok.all()):
             row, col = (int(i) for i in (~ok).nonzero()[0])
@@ -124,4 +124,4 @@ class RealNVPDensity(BaseEstimator):
         generator = torch.Generator(device=self.flow_.device).manual_seed(seed)
         with torch.inference_mode():
             x = self.flow_.sample(n_samples, generator=generator)
-        return x.double().cpu().numpy()
+        return self.flow_.to_data(x)

@@ -30,6 +30,7 @@ def alternating_masks(first: Tensor, num_layers: int) -> list[Tensor]:
         >>> [m.tolist() for m in alternating_masks(half_mask(2), 3)]
         [[True, False], [False, True], [True, False]]
     """
+    first = validate_mask(first)
     return [first if i % 2 == 0 else ~first for i in range(num_layers)]
 
 

@@ -1,6 +1,8 @@
 """What each ``realnvp`` command does: a thin layer over the library. The commands see a model
-only through the ``Flow`` interface (``as_input``, ``prepare``, ``metric``, ``to_data``,
-``event_shape``); the one place a kind is chosen is ``_training_data``, from the data."""
+only through the ``Flow`` interface (``prepare``, ``mismatch``, ``metric``, ``to_data``,
+``nll_units``); the shape of one example (``event_shape``) picks the file formats, CSV rows for
+vectors or image sets and grids for images; the one place a kind is chosen is
+``_training_data``, from the data."""
 
 from __future__ import annotations
 
@@ -153,7 +155,7 @@ def _training_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[
         data = load_images(args.data)
         source = args.data if args.data in IMAGE_DATASETS else str(Path(args.data).resolve())
         model = {"type": MultiScaleRealNVP.kind, "levels": data.levels}
-        return data.train, {"source": source, "dataset": data.name}, model
+        return data.train, {"source": source, "dataset": data.name, "levels": data.levels}, model
     x, info = load_data(args.data, args.n, args.data_seed, args.drop_nonfinite, min_rows=2)
     if x.shape[1] < 2:
         raise UsageError(f"{args.data}: has {x.shape[1]} column; Real NVP needs at least 2")
@@ -283,7 +285,8 @@ def _eval(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"NLL {result['nll']:.4f} ± {result['nll_se']:.4f} nats per row (n = {result['n']:,})"
+            f"NLL {result['nll']:.4f} ± {result['nll_se']:.4f} {flow.nll_units} "
+            f"(n = {result['n']:,})"
         )
     return 0
 

@@ -9,7 +9,9 @@ import math
 from pathlib import Path
 
 from realnvp import __version__
+from realnvp.audit import MAX_POINTS
 from realnvp.config import VAL_FRACTION
+from realnvp.data.sources import ROWS
 from realnvp.data.toy import TOY_DATASETS
 from realnvp.errors import ConfigError
 from realnvp.models import Flow, MultiScaleRealNVP, RealNVP
@@ -145,8 +147,8 @@ def _data_options(p: argparse.ArgumentParser, default_seed: int) -> None:
         "--rows",
         dest="n",
         type=_positive_int,
-        default=20000,
-        help="rows to draw when DATA is a built-in data set (default 20000; spell it --rows "
+        default=ROWS,
+        help=f"rows to draw when DATA is a built-in data set (default {ROWS}; spell it --rows "
         "under torchrun, whose own options --n... would swallow --n)",
     )
     p.add_argument(
@@ -360,8 +362,8 @@ def _audit_command(commands) -> None:
     p.add_argument(
         "--max-points",
         type=_positive_int,
-        default=256,
-        help="points for the Jacobian check (default 256; 2 for images)",
+        default=MAX_POINTS,
+        help=f"points for the Jacobian check (default {MAX_POINTS}; at most 2 for images)",
     )
     p.add_argument(
         "--inverse-tol",

@@ -11,10 +11,13 @@ from numpy.typing import NDArray
 from realnvp.data.tabular import DataError, check_representable, load_table
 from realnvp.data.toy import TOY_DATASETS, toy_data
 
+#: rows drawn from a built-in data set when nothing else is asked for
+ROWS = 20000
+
 
 def load_data(
     spec: str,
-    n: int = 20000,
+    n: int = ROWS,
     seed: int = 0,
     drop_nonfinite: bool = False,
     min_rows: int = 1,

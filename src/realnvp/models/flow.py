@@ -12,9 +12,12 @@ besides its density:
 - what it reports: the NLL in ``nll_units``, and beside it a ``metric`` such as bits per
   dimension, or None.
 
-Training, the CLI, the estimator and the studies use only this interface, so they never ask which
-kind they hold. The base class gives the plain answers (no preprocessing, no metric), so any
-``Flow(bijection, base)`` a user composes trains and scores through the same path.
+Training, the estimator and the studies use only this interface, so they never ask which kind they
+hold; the CLI asks one thing more, the shape of an example (``event_shape``), to pick its file
+formats (CSV rows or images). The base class gives the plain answers (no preprocessing, no
+metric), so any ``Flow(bijection, base)`` a user composes trains (``fit``, ``Trainer``) and
+scores through the same path; a run folder's model is rebuilt by ``build_flow``, which knows the
+kinds in ``realnvp.models.KINDS``.
 """
 
 from __future__ import annotations

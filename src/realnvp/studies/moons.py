@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from realnvp import __version__
-from realnvp.config import TrainConfig
+from realnvp.config import VAL_FRACTION, TrainConfig
 from realnvp.data.moons import moons, moons_log_density
 from realnvp.files import atomic_write
 from realnvp.models import Flow, RealNVP
@@ -64,7 +64,7 @@ class MoonsStudyConfig:
     depths: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 50)
     noise: float = 0.05
     n_train: int = 20000  # the last val_fraction of it is held out for validation
-    val_fraction: float = 0.1
+    val_fraction: float = VAL_FRACTION
     n_test: int = 10000
     data_seed: int = 0  # make_moons random_state of the training set
     test_seed: int = 1  # make_moons random_state of the test set
@@ -151,7 +151,9 @@ def _train_depth(config: MoonsStudyConfig, depth: int, data: _Data) -> DepthResu
         "activation": config.activation,
         "scale_init": config.scale_init,
     }
-    flow, history = fit_data(data.x_train, data.x_val, model, config.train, config.model_seed)
+    flow, history = fit_data(
+        data.x_train, data.x_val, model, config.train, config.model_seed, device="cpu"
+    )
     t_test = flow.prepare(data.x_test)
     test_nll = evaluate_nll(flow, t_test).double().numpy()
     gap = test_nll - data.limit_test

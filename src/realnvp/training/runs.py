@@ -149,7 +149,7 @@ def fit_data(
     model: dict[str, Any] | None = None,
     config: TrainConfig | None = None,
     seed: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     callbacks: Sequence[Callback] = (),
 ) -> tuple[Flow, History]:
     """Build the model ``model`` describes for ``x_train`` and train it in memory; returns the
