@@ -92,6 +92,8 @@ class _Coupling(Bijection):
 
 #: the default cap on an affine coupling's log-scale: a factor of at most e^5 ~ 148 per layer
 MAX_SCALE = 5.0
+#: the default initial bound of an affine coupling's log-scale (vectors; images start at 1)
+SCALE_INIT = 2.0
 
 
 class AffineCoupling(_Coupling):
@@ -135,7 +137,7 @@ class AffineCoupling(_Coupling):
         self,
         mask: Tensor,
         conditioner: Conditioner,
-        scale_init: float = 2.0,
+        scale_init: float = SCALE_INIT,
         max_scale: float | None = MAX_SCALE,
     ):
         super().__init__(mask, conditioner)

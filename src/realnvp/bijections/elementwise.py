@@ -128,7 +128,7 @@ class Logit(Bijection):
         0.0
     """
 
-    def __init__(self, levels: int = 256, alpha: float = 0.05):
+    def __init__(self, levels: int, alpha: float):
         super().__init__()
         if levels < 2:
             raise ConfigError(f"levels must be at least 2, got {levels}")

@@ -18,7 +18,7 @@ from realnvp.bijections import (
     alternating_masks,
     half_mask,
 )
-from realnvp.bijections.coupling import MAX_SCALE
+from realnvp.bijections.coupling import MAX_SCALE, SCALE_INIT
 from realnvp.bijections.masks import validate_mask
 from realnvp.distributions import StandardNormal
 from realnvp.errors import ConfigError
@@ -81,7 +81,7 @@ class RealNVP(Flow):
         coupling: str = "affine",
         mask: Tensor | list[bool] | None = None,
         standardize: bool = False,
-        scale_init: float = 2.0,
+        scale_init: float = SCALE_INIT,
         conditioner_dtype: str | torch.dtype | None = None,
         max_scale: float | None = MAX_SCALE,
     ):

@@ -15,7 +15,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +74,7 @@ class MoonsStudyConfig:
     activation: str = _MODEL["activation"]
     scale_init: float = _MODEL["scale_init"]
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=6500, batch_size=256, lr=1e-3, eval_every=100, patience=None
-        )
+        default_factory=lambda: replace(RealNVP.recipe, steps=6500, batch_size=256, patience=None)
     )
     figure1_layers: int = 8  # the depth whose mapping Figure 1 shows
     threads: int | None = None  # torch threads; None leaves torch's default
@@ -89,7 +87,9 @@ class MoonsStudyConfig:
             n_train=2000,
             n_test=1000,
             hidden_features=32,
-            train=TrainConfig(steps=300, batch_size=256, lr=3e-3, eval_every=25, patience=None),
+            train=replace(
+                RealNVP.recipe, steps=300, batch_size=256, lr=3e-3, eval_every=25, patience=None
+            ),
             figure1_layers=4,
         )
 
