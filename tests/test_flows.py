@@ -159,7 +159,7 @@ def test_user_mask_alternates_with_its_complement() -> None:
         ({"features": 2, "coupling": "spline"}, "coupling"),
         ({"features": 3, "mask": [True, False]}, "shape"),
         ({"features": 2, "mask": [True, True]}, "at least one"),
-        ({"features": 2, "activation": "sigmoidish"}, "unknown activation"),
+        ({"features": 2, "activation": "sigmoidish"}, "activation: unknown 'sigmoidish'"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs: dict, message: str) -> None:

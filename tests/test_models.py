@@ -164,3 +164,14 @@ def test_regularization_sums_what_each_layer_declares() -> None:
     and, in the image model, each weight-norm magnitude; the flow itself knows neither."""
     flow = RealNVP(2, num_layers=3, hidden_features=4, scale_init=0.5)
     assert flow.regularization().item() == pytest.approx(3 * 0.25)
+
+
+def test_an_image_model_names_what_does_not_fit() -> None:
+    """Without the data's own count of levels, images whose brightest pixel is below the
+    model's levels fit (a dark batch is still 17-level data); a value beyond them does not."""
+    flow, x = build("multiscale")
+    assert flow.mismatch(np.minimum(x, 15)) is None
+    assert flow.mismatch(x, levels=17) is None
+    assert "with 256 grey levels" in flow.mismatch(x, levels=256)
+    assert "a grey level of 40" in flow.mismatch(np.where(x > 0, 40, 0))
+    assert "shape (1, 4, 4)" in flow.mismatch(x[:, :, :4, :4])

@@ -215,3 +215,25 @@ def test_resuming_a_finished_run_writes_no_new_events_file(tmp_path: Path) -> No
     before = sorted((tmp_path / "tensorboard").iterdir())
     train_run(tmp_path, x, resume=True, device="cpu")
     assert sorted((tmp_path / "tensorboard").iterdir()) == before
+
+
+def test_an_error_in_closing_hides_neither_the_training_error_nor_other_outputs() -> None:
+    """A callback that fails to close: the error that stopped training still comes out (a
+    NaN loss keeps its one-line message and exit code), and the other callbacks are closed."""
+    closed = []
+
+    class BrokenClose(Callback):
+        def on_close(self, trainer: Trainer) -> None:
+            raise OSError("disk gone")
+
+    class Closes(Callback):
+        def on_close(self, trainer: Trainer) -> None:
+            closed.append(True)
+
+    config = TrainConfig(steps=40, batch_size=32, eval_every=10)
+    outputs = [BrokenClose(), Closes(), StopAt(10)]
+    with pytest.raises(StopAt.Stop):
+        Trainer(tiny_flow(), torch.randn(256, 2), None, config, outputs).fit()
+    assert closed == [True]
+    with pytest.raises(OSError, match="disk gone"):  # with nothing else on its way out
+        Trainer(tiny_flow(), torch.randn(256, 2), None, config, [BrokenClose()]).fit()

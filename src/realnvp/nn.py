@@ -9,6 +9,8 @@ from torch.nn.utils.parametrizations import weight_norm
 from realnvp import collectives
 from realnvp.errors import ConfigError
 
+#: the conditioners' default nonlinearity
+ACTIVATION = "relu"
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -25,7 +27,7 @@ def activation(name: str) -> nn.Module:
         return ACTIVATIONS[name]()
     except KeyError:
         raise ConfigError(
-            f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}"
+            f"unknown {name!r}; choose one of {', '.join(ACTIVATIONS)}", "activation"
         ) from None
 
 
@@ -53,7 +55,7 @@ class MLP(nn.Sequential):
         out_features: int,
         hidden_features: int,
         num_hidden_layers: int,
-        activation_name: str = "relu",
+        activation_name: str = ACTIVATION,
         zero_last: bool = True,
         compute_dtype: torch.dtype | None = None,
     ):

@@ -92,7 +92,7 @@ class _Coupling(Bijection):
 
 #: the default cap on an affine coupling's log-scale: a factor of at most e^5 ~ 148 per layer
 MAX_SCALE = 5.0
-#: the default initial bound of an affine coupling's log-scale (vectors; images start at 1)
+#: the default initial bound of an affine coupling's log-scale
 SCALE_INIT = 2.0
 
 
@@ -142,7 +142,7 @@ class AffineCoupling(_Coupling):
     ):
         super().__init__(mask, conditioner)
         if max_scale is not None and not max_scale > 0:
-            raise ConfigError(f"max_scale must be positive or None, got {max_scale}")
+            raise ConfigError(f"must be positive or None, got {max_scale}", "max_scale")
         self.max_scale = max_scale
         if self.by_index:
             shape: tuple[int, ...] = (self.num_transformed,)

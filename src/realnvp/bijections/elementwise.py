@@ -131,9 +131,9 @@ class Logit(Bijection):
     def __init__(self, levels: int, alpha: float):
         super().__init__()
         if levels < 2:
-            raise ConfigError(f"levels must be at least 2, got {levels}")
+            raise ConfigError(f"must be at least 2, got {levels}", "levels")
         if not 0 <= alpha < 0.5:
-            raise ConfigError(f"alpha must be in [0, 0.5), got {alpha}")
+            raise ConfigError(f"must be in [0, 0.5), got {alpha}", "alpha")
         self.levels = levels
         self.alpha = alpha
         self.log_slope = math.log((1 - 2 * alpha) / levels)

@@ -21,8 +21,11 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import logsumexp
 from sklearn.datasets import make_moons
 
+#: scikit-learn's make_moons noise used by the toy set and the depth study
+NOISE = 0.05
 
-def moons(n: int, noise: float = 0.05, seed: int = 0) -> tuple[NDArray, NDArray]:
+
+def moons(n: int, noise: float = NOISE, seed: int = 0) -> tuple[NDArray, NDArray]:
     """``n`` points of two moons and their moon (0 outer, 1 inner): (n, 2) float64, (n,) int."""
     x, y = make_moons(n_samples=n, noise=noise, random_state=seed)
     return x, y
@@ -48,7 +51,7 @@ def _nodes(panels: int, order: int) -> tuple[NDArray, NDArray]:
 
 def moons_log_density(
     x: ArrayLike,
-    noise: float = 0.05,
+    noise: float = NOISE,
     panels: int = 128,
     order: int = 8,
     per_moon: bool = False,

@@ -10,9 +10,11 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.datasets import make_circles, make_moons
 
+from realnvp.data.moons import NOISE
+
 
 def _moons(n: int, rng: np.random.Generator) -> NDArray:
-    return make_moons(n, noise=0.05, random_state=int(rng.integers(2**31)))[0]
+    return make_moons(n, noise=NOISE, random_state=int(rng.integers(2**31)))[0]
 
 
 def _circles(n: int, rng: np.random.Generator) -> NDArray:

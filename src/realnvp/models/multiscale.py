@@ -250,15 +250,15 @@ class MultiScaleRealNVP(Flow):
         return torch.float32
 
     def mismatch(self, x: NDArray, levels: int | None = None) -> str | None:
-        """Images of another shape or number of grey levels (``levels``, or the data's largest
-        value when not given) than the model's."""
+        """Images of another shape, of another number of grey levels (``levels``, when the
+        data say), or with a value beyond the model's levels."""
         shape, top = tuple(np.shape(x)[1:]), int(np.max(x)) if np.size(x) else 0
-        levels = top + 1 if levels is None else levels
-        if shape != self.event_shape or levels != self.levels or top >= self.levels:
-            return (
-                f"images of shape {shape} with {levels} grey levels; the model expects shape "
-                f"{self.event_shape} with {self.levels} levels"
-            )
+        expected = f"the model expects shape {self.event_shape} with {self.levels} levels"
+        if shape != self.event_shape or (levels is not None and levels != self.levels):
+            what = "" if levels is None else f" with {levels} grey levels"
+            return f"images of shape {shape}{what}; {expected}"
+        if top >= self.levels:
+            return f"a grey level of {top}; {expected} (0 to {self.levels - 1})"
         return None
 
     def prepare(self, x: NDArray | Tensor, seed: int = 0) -> Tensor:

@@ -23,7 +23,7 @@ from realnvp.bijections.masks import validate_mask
 from realnvp.distributions import StandardNormal
 from realnvp.errors import ConfigError
 from realnvp.models.flow import Flow
-from realnvp.nn import MLP
+from realnvp.nn import ACTIVATION, MLP
 
 
 def _dtype(value: str | torch.dtype | None) -> torch.dtype | None:
@@ -77,7 +77,7 @@ class RealNVP(Flow):
         num_layers: int = 8,
         hidden_features: int = 128,
         num_hidden_layers: int = 2,
-        activation: str = "relu",
+        activation: str = ACTIVATION,
         coupling: str = "affine",
         mask: Tensor | list[bool] | None = None,
         standardize: bool = False,

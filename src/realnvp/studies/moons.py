@@ -23,7 +23,7 @@ import torch
 
 from realnvp import __version__
 from realnvp.config import VAL_FRACTION, TrainConfig
-from realnvp.data.moons import moons, moons_log_density
+from realnvp.data.moons import NOISE, moons, moons_log_density
 from realnvp.files import atomic_write
 from realnvp.models import Flow, RealNVP
 from realnvp.plots import save_figure
@@ -62,7 +62,7 @@ class MoonsStudyConfig:
     study's own (longer, smaller batches, no early stopping), recorded in ``config.json``."""
 
     depths: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 50)
-    noise: float = 0.05
+    noise: float = NOISE
     n_train: int = 20000  # the last val_fraction of it is held out for validation
     val_fraction: float = VAL_FRACTION
     n_test: int = 10000
@@ -82,14 +82,14 @@ class MoonsStudyConfig:
     @classmethod
     def quick(cls) -> MoonsStudyConfig:
         """A run of well under a minute, for tests and a first look."""
-        return cls(
+        study = cls()
+        return replace(
+            study,
             depths=(1, 2, 4),
             n_train=2000,
             n_test=1000,
             hidden_features=32,
-            train=replace(
-                RealNVP.recipe, steps=300, batch_size=256, lr=3e-3, eval_every=25, patience=None
-            ),
+            train=replace(study.train, steps=300, lr=3e-3, eval_every=25),
             figure1_layers=4,
         )
 

@@ -199,9 +199,25 @@ class Trainer:
     def fit(self) -> History:
         """Train until ``config.steps`` or early stopping; returns the history."""
         try:
-            return self._fit()
-        finally:
-            self._call("on_close")
+            history = self._fit()
+        except BaseException:
+            self._close()  # an error in closing must not hide the one on its way out
+            raise
+        error = self._close()
+        if error is not None:
+            raise error
+        return history
+
+    def _close(self) -> Exception | None:
+        """Call every callback's ``on_close``, each whatever the others do; returns the first
+        error raised, if any."""
+        first = None
+        for callback in self.callbacks:
+            try:
+                callback.on_close(self)
+            except Exception as error:  # each callback closes whatever the others do
+                first = first or error
+        return first
 
     def _fit(self) -> History:
         config, flow = self.config, self.flow

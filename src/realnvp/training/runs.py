@@ -91,6 +91,9 @@ def _run_info(run: Path, state: dict[str, Any]) -> dict[str, Any]:
     data = info.get("data") if isinstance(info, dict) else None
     if not isinstance(data, dict) or not {"fingerprint", "val_fraction"} <= set(data):
         raise CheckpointError(f"{run}: the training state does not record its data split")
+    fraction = data["val_fraction"]
+    if not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise CheckpointError(f"{run}: damaged training state (val_fraction {fraction!r})")
     return {"data": data, "train": info.get("train", state["config"])}
 
 
