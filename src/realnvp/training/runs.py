@@ -65,9 +65,9 @@ RESUME_MAY_CHANGE = ("compile",)
 
 
 def saved_settings(run: Path) -> dict[str, Any]:
-    """What a run was started with, from ``run/last.safetensors`` alone: ``model`` (the
-    constructor's arguments), ``train`` (TrainConfig's fields) and ``data`` (source,
-    fingerprint, validation fraction)."""
+    """What a run was started with, from ``run/last.safetensors`` alone: ``model`` (the model's
+    ``spec``: its type and constructor arguments), ``train`` (TrainConfig's fields) and ``data``
+    (source, fingerprint, validation fraction)."""
     flow, _, state, _ = _load_state(run)
     return _settings(run, flow, state)
 
@@ -79,7 +79,7 @@ def _load_state(run: Path):
 
 
 def _settings(run: Path, flow: Flow, state: dict[str, Any]) -> dict[str, Any]:
-    return {"model": flow.config, "train": state["config"], "data": _run_info(run, state)["data"]}
+    return {"model": flow.spec, "train": state["config"], "data": _run_info(run, state)["data"]}
 
 
 def _run_info(run: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -128,8 +128,11 @@ class ResumeConflict(ConfigError):
         )
 
 
-def _options(model: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (model or {}).items() if k != "type"}
+def new_flow(model: dict[str, Any] | None, x_train: NDArray, device: str = "auto") -> Flow:
+    """The model ``model`` describes (its ``type``, RealNVP without one, and the constructor's
+    other arguments), built for the training rows ``x_train`` on ``device``."""
+    options = {k: v for k, v in (model or {}).items() if k != "type"}
+    return kind_of(model).for_data(x_train, **options).to(resolve_device(device))
 
 
 def make_trainer(
@@ -172,7 +175,7 @@ def fit_data(
     """
     if seed is not None:
         torch.manual_seed(seed)
-    flow = kind_of(model).for_data(x_train, **_options(model)).to(resolve_device(device))
+    flow = new_flow(model, x_train, device)
     history = make_trainer(flow, x_train, x_val, config, callbacks).fit()
     return flow.eval(), history
 
@@ -229,7 +232,7 @@ def train_run(
     }
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    flow = kind.for_data(x_train, **_options(model)).to(dev)
+    flow = new_flow(model, x_train, device)
     outputs = run_outputs(run, info, progress) + list(callbacks)
     return _fit(run, make_trainer(flow, x_train, x_val, config, outputs))
 
@@ -238,10 +241,8 @@ def _resume(
     run, x, model, config, val_fraction, device, progress, callbacks
 ) -> tuple[Flow, History]:
     flow, optimizer_state, state, best = _load_state(run)
-    if model and "type" in model and kind_of(model) is not type(flow):
-        raise ResumeConflict(run, "type", flow.kind, model["type"])
     given = {
-        "model": _options(model),
+        "model": model or {},
         "train": {} if config is None else config.to_dict(),
         "data": {"val_fraction": val_fraction} if val_fraction is not None else {},
     }
