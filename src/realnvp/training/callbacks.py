@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +15,14 @@ from tqdm.auto import tqdm
 
 from realnvp.files import atomic_write
 from realnvp.training.checkpoint import save_model, save_training_state
-from realnvp.training.loop import Callback, Evaluation, History, Trainer
+from realnvp.training.loop import Callback, Evaluation, Trainer
 
 
-def _columns(history: History, trainer: Trainer) -> dict[str, list[float]]:
-    """The history by column: step, train_nll, val_nll, lr, then the metric of each NLL."""
-    columns: dict[str, list[Any]] = {
-        "step": history.step,
-        "train_nll": history.train_nll,
-        "val_nll": history.val_nll,
-        "lr": history.lr,
-    }
+def _reported(trainer: Trainer) -> dict[str, Callable[[float], float]]:
+    """What the outputs report of an NLL, by short name: the NLL itself, then the flow's
+    metric if it has one (``bpd`` for images)."""
     metric = trainer.flow.metric
-    if metric is not None:
-        columns[f"train_{metric.short}"] = [metric.of_nll(v) for v in history.train_nll]
-        columns[f"val_{metric.short}"] = [metric.of_nll(v) for v in history.val_nll]
-    return columns
+    return {"nll": float} | ({} if metric is None else {metric.short: metric.of_nll})
 
 
 class ProgressBar(Callback):
@@ -54,14 +47,10 @@ class ProgressBar(Callback):
             self.bar.update(1)
 
     def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
-        metric = trainer.flow.metric
-        if metric is None:
-            names, convert = ("loss", "val_nll"), float
-        else:
-            names, convert = (metric.short, f"val_{metric.short}"), metric.of_nll
-        shown = {names[0]: f"{convert(evaluation.train_nll):.4f}"}
+        name, convert = list(_reported(trainer).items())[-1]  # the metric, else the NLL
+        shown = {"loss" if name == "nll" else name: f"{convert(evaluation.train_nll):.4f}"}
         if evaluation.val_nll is not None:
-            shown[names[1]] = f"{convert(evaluation.val_nll):.4f}"
+            shown[f"val_{name}"] = f"{convert(evaluation.val_nll):.4f}"
         if self.bar is not None:
             self.bar.set_postfix(shown, refresh=False)
         else:
@@ -83,7 +72,11 @@ class MetricsCSV(Callback):
         self.path = Path(path)
 
     def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
-        columns = _columns(trainer.history, trainer)
+        h = trainer.history
+        columns = {"step": h.step, "train_nll": h.train_nll, "val_nll": h.val_nll, "lr": h.lr}
+        for name, convert in list(_reported(trainer).items())[1:]:  # the metric's columns
+            columns[f"train_{name}"] = [convert(v) for v in h.train_nll]
+            columns[f"val_{name}"] = [convert(v) for v in h.val_nll]
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(columns)
@@ -105,10 +98,7 @@ class TensorBoard(Callback):
             self.writer = self._open()  # nothing (a finished run resumed) writes no events file
         if self.writer is None:
             return
-        values = {"nll": float}
-        if trainer.flow.metric is not None:
-            values[trainer.flow.metric.short] = trainer.flow.metric.of_nll
-        for name, convert in values.items():
+        for name, convert in _reported(trainer).items():
             self.writer.add_scalar(f"{name}/train", convert(evaluation.train_nll), evaluation.step)
             if evaluation.val_nll is not None:
                 self.writer.add_scalar(f"{name}/val", convert(evaluation.val_nll), evaluation.step)
