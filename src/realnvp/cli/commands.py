@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from realnvp.audit import audit
-from realnvp.cli.parser import MODEL_OPTIONS, TRAIN_OPTIONS, flag, model_options
+from realnvp.cli.parser import MODEL_OPTIONS, OPTIONS, TRAIN_OPTIONS, flag, model_options
 from realnvp.config import TrainConfig
 from realnvp.data.images import IMAGE_DATASETS, is_image_source, load_images
 from realnvp.data.sources import load_data
@@ -192,7 +192,7 @@ def _resume_settings(args: argparse.Namespace, kind: type[Flow]) -> TrainConfig:
     try:
         check_resume(args.out, saved, given)
     except ResumeConflict as conflict:
-        dest = {**model_options(kind), **TRAIN_OPTIONS}.get(conflict.name, conflict.name)
+        dest = OPTIONS.get(conflict.name, conflict.name)
         raise UsageError(
             f"{args.out}: was started with {flag(dest)} {conflict.saved}, not "
             f"{conflict.given}; a resumed run keeps its settings (leave the option out, or "
