@@ -2,7 +2,9 @@
 
 Every bijection maps data to latent in ``forward`` (the paper's f) and back in ``inverse``
 (f^-1); both return the transformed tensor and ``log|det J|`` of the map they applied, one value
-per batch element.
+per batch element. Both take an optional ``context``: a conditional flow's embedded context, one
+row per batch element, that coupling layers hand to their conditioners (so each context value
+gives its own bijection) and that every other layer ignores.
 """
 
 from __future__ import annotations
@@ -22,16 +24,23 @@ class Bijection(nn.Module):
 
     Subclasses implement both directions side by side:
 
-    - ``forward(x) -> (z, log_det)`` with ``log_det = log|det dz/dx|``, shape ``(batch,)``;
-    - ``inverse(z) -> (x, log_det)`` with ``log_det = log|det dx/dz|``, shape ``(batch,)``.
+    - ``forward(x, context=None) -> (z, log_det)`` with ``log_det = log|det dz/dx|``, shape
+      ``(batch,)``;
+    - ``inverse(z, context=None) -> (x, log_det)`` with ``log_det = log|det dx/dz|``, shape
+      ``(batch,)``.
 
-    So ``forward(x)[1] == -inverse(forward(x)[0])[1]`` up to rounding.
+    So ``forward(x)[1] == -inverse(forward(x)[0])[1]`` up to rounding, for each ``context``: the
+    context is not transformed, it selects which bijection of ``x`` applies.
     """
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+    def forward(  # pragma: no cover - abstract
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+    def inverse(  # pragma: no cover - abstract
+        self, z: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
 
@@ -42,11 +51,11 @@ class Inverse(Bijection):
         super().__init__()
         self.bijection = bijection
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.bijection.inverse(x)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.bijection.inverse(x, context)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self.bijection(z)
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.bijection(z, context)
 
 
 class Compose(Bijection):
@@ -73,32 +82,32 @@ class Compose(Bijection):
     def __getitem__(self, index: int) -> Bijection:
         return self.layers[index]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_det = x.new_zeros(x.shape[0])
         for layer in self.layers:
-            x, ld = layer(x)
+            x, ld = layer(x, context)
             log_det = log_det + ld
         return x, log_det
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_det = z.new_zeros(z.shape[0])
         for layer in reversed(self.layers):
-            z, ld = layer.inverse(z)
+            z, ld = layer.inverse(z, context)
             log_det = log_det + ld
         return z, log_det
 
-    def trajectory(self, x: Tensor) -> list[Tensor]:
+    def trajectory(self, x: Tensor, context: Tensor | None = None) -> list[Tensor]:
         """Every intermediate of the forward pass: ``[x, f_1(x), f_2(f_1(x)), ..., z]``."""
         out = [x]
         for layer in self.layers:
-            x, _ = layer(x)
+            x, _ = layer(x, context)
             out.append(x)
         return out
 
-    def inverse_trajectory(self, z: Tensor) -> list[Tensor]:
+    def inverse_trajectory(self, z: Tensor, context: Tensor | None = None) -> list[Tensor]:
         """Every intermediate of the inverse pass: ``[z, f_K^-1(z), ..., x]``."""
         out = [z]
         for layer in reversed(self.layers):
-            z, _ = layer.inverse(z)
+            z, _ = layer.inverse(z, context)
             out.append(z)
         return out

@@ -28,16 +28,25 @@ class _Coupling(Bijection):
     ``conditioner`` is a network, or a factory ``(in_size, out_size) -> network`` that the layer
     calls with the sizes it needs: for a 1-D mask ``in_size`` is the number of kept features and
     ``out_size`` is ``params_per_feature`` times the number transformed; for an event-shaped mask
-    they count channels (``C`` and ``params_per_feature * C``)."""
+    they count channels (``C`` and ``params_per_feature * C``).
+
+    A conditional layer (``context_features`` > 0) takes a context of that many features per
+    batch element, ``(B, context_features)``, and its conditioner sees it beside the kept
+    features: concatenated to them for a 1-D mask, as constant channels of the image for an
+    event-shaped mask (``in_size`` counts them). The kept features still pass through unchanged,
+    so the layer is invertible, with the same log-det, for each context value."""
 
     #: how many tensors the conditioner yields per transformed feature (t; or log-scale and t)
     params_per_feature: int = 1
 
-    def __init__(self, mask: Tensor, conditioner: Conditioner):
+    def __init__(self, mask: Tensor, conditioner: Conditioner, context_features: int = 0):
         super().__init__()
         mask = validate_mask(mask)
+        if context_features < 0:
+            raise ConfigError(f"must be at least 0, got {context_features}", "context_features")
         self.register_buffer("mask", mask)
         self.by_index = mask.dim() == 1
+        self.context_features = context_features
         if not isinstance(conditioner, nn.Module):
             conditioner = conditioner(*self._conditioner_sizes(mask))
         self.conditioner = conditioner
@@ -58,9 +67,10 @@ class _Coupling(Bijection):
         self.num_transformed = int((~mask).sum())
 
     def _conditioner_sizes(self, mask: Tensor) -> tuple[int, int]:
+        c = self.context_features
         if self.by_index:
-            return int(mask.sum()), self.params_per_feature * int((~mask).sum())
-        return mask.shape[0], self.params_per_feature * mask.shape[0]
+            return int(mask.sum()) + c, self.params_per_feature * int((~mask).sum())
+        return mask.shape[0] + c, self.params_per_feature * mask.shape[0]
 
     # (B, D) -> (B, D_keep), (B, D_rest) for vectors; (B, *event) twice for masks.
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,8 +89,28 @@ class _Coupling(Bijection):
             return torch.cat([rest, keep] if self.halves[0] else [keep, rest], dim=1)
         return torch.cat([keep, rest], dim=1).index_select(1, self.merge_index)
 
-    def _params(self, keep: Tensor) -> tuple[Tensor, ...]:
-        h = self.conditioner(keep)
+    def _conditioner_input(self, keep: Tensor, context: Tensor | None) -> Tensor:
+        """The kept features, with the context beside them in a conditional layer."""
+        if (context is None) != (self.context_features == 0):
+            given = "no context" if context is None else "a context"
+            raise ValueError(
+                f"a coupling layer with context_features={self.context_features} got {given}"
+            )
+        if context is None:
+            return keep
+        if context.shape != (keep.shape[0], self.context_features):
+            raise ValueError(
+                f"context of shape {tuple(context.shape)}; this layer expects "
+                f"({keep.shape[0]}, {self.context_features}), one row per batch element"
+            )
+        context = context.to(keep.dtype)
+        if not self.by_index:  # constant channels over the image
+            context = context.reshape(*context.shape, *[1] * (keep.dim() - 2))
+            context = context.expand(-1, -1, *keep.shape[2:])
+        return torch.cat([keep, context], dim=1)
+
+    def _params(self, keep: Tensor, context: Tensor | None = None) -> tuple[Tensor, ...]:
+        h = self.conditioner(self._conditioner_input(keep, context))
         params = h.chunk(self.params_per_feature, dim=1)
         if not self.by_index:
             params = tuple(p.masked_fill(self.mask, 0.0) for p in params)
@@ -121,6 +151,7 @@ class AffineCoupling(_Coupling):
             that builds it from its input and output sizes (see ``_Coupling``).
         scale_init: initial bound on ``|s|`` per layer.
         max_scale: the cap on ``|s|`` (None: no cap).
+        context_features: the size of the context the conditioner also sees (0: none).
 
     Example:
         >>> import torch
@@ -139,8 +170,9 @@ class AffineCoupling(_Coupling):
         conditioner: Conditioner,
         scale_init: float = SCALE_INIT,
         max_scale: float | None = MAX_SCALE,
+        context_features: int = 0,
     ):
-        super().__init__(mask, conditioner)
+        super().__init__(mask, conditioner, context_features)
         if max_scale is not None and not max_scale > 0:
             raise ConfigError(f"must be positive or None, got {max_scale}", "max_scale")
         self.max_scale = max_scale
@@ -154,21 +186,21 @@ class AffineCoupling(_Coupling):
         """What the paper code's L2 penalizes here: the log-scale bound."""
         return [self.scale]
 
-    def _scale_shift(self, keep: Tensor) -> tuple[Tensor, Tensor]:
-        raw_s, t = self._params(keep)
+    def _scale_shift(self, keep: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        raw_s, t = self._params(keep, context)
         bound = self.scale
         if self.max_scale is not None:
             bound = bound.clamp(-self.max_scale, self.max_scale)
         return bound * torch.tanh(raw_s), t  # tanh(0) = 0 where the mask keeps
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         keep, rest = self._split(x)
-        s, t = self._scale_shift(keep)
+        s, t = self._scale_shift(keep, context)
         return self._merge(keep, rest * torch.exp(s) + t), self._log_det(s)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         keep, rest = self._split(z)
-        s, t = self._scale_shift(keep)
+        s, t = self._scale_shift(keep, context)
         return self._merge(keep, (rest - t) * torch.exp(-s)), -self._log_det(s)
 
 
@@ -178,12 +210,12 @@ class AdditiveCoupling(_Coupling):
     ``(B, C, ...)``.
     """
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         keep, rest = self._split(x)
-        (t,) = self._params(keep)
+        (t,) = self._params(keep, context)
         return self._merge(keep, rest + t), x.new_zeros(x.shape[0])
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         keep, rest = self._split(z)
-        (t,) = self._params(keep)
+        (t,) = self._params(keep, context)
         return self._merge(keep, rest - t), z.new_zeros(z.shape[0])

@@ -28,10 +28,10 @@ class Permutation(Bijection):
         self.register_buffer("perm", perm)
         self.register_buffer("inverse_perm", torch.argsort(perm))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x.index_select(1, self.perm), x.new_zeros(x.shape[0])
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return z.index_select(1, self.inverse_perm), z.new_zeros(z.shape[0])
 
 
@@ -103,11 +103,11 @@ class Standardize(Bijection):
     def _log_det(self, x: Tensor) -> Tensor:
         return (-torch.log(self.std).sum()).to(self._like.dtype).expand(x.shape[0])
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z = (x.to(torch.float64) - self.mean) / self.std
         return z.to(self._like.dtype), self._log_det(x)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return z.to(torch.float64) * self.std + self.mean, -self._log_det(z)
 
 
@@ -138,13 +138,13 @@ class Logit(Bijection):
         self.alpha = alpha
         self.log_slope = math.log((1 - 2 * alpha) / levels)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         p = self.alpha + (1 - 2 * self.alpha) / self.levels * x
         log_p, log_q = torch.log(p), torch.log1p(-p)
         log_det = sum_except_batch(self.log_slope - log_p - log_q)
         return log_p - log_q, log_det
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         p = torch.sigmoid(z)
         x = (p - self.alpha) * (self.levels / (1 - 2 * self.alpha))
         log_det = -sum_except_batch(self.log_slope - F.logsigmoid(z) - F.logsigmoid(-z))

@@ -74,12 +74,12 @@ class BatchNorm(Bijection):
         pixels = x[0, 0].numel()  # entries per feature in one example (1 for vectors)
         return (-0.5 * pixels * torch.log(var + self.eps).sum()).expand(x.shape[0])
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mean, var = self._moments(x)
         z = (x - self._shape(mean, x)) * torch.rsqrt(self._shape(var, x) + self.eps)
         return z, self._log_det(var, x)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mean, var = self.running_mean, self.running_var
         x = z * torch.sqrt(self._shape(var, z) + self.eps) + self._shape(mean, z)
         return x, -self._log_det(var, z)

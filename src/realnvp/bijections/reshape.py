@@ -23,14 +23,14 @@ class Squeeze(Bijection):
         [0.0, 1.0, 2.0, 3.0]
     """
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         b, c, h, w = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"squeeze needs an even height and width, got {h}x{w}")
         z = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
         return z.reshape(b, 4 * c, h // 2, w // 2), x.new_zeros(b)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         b, c, h, w = z.shape
         if c % 4:
             raise ValueError(f"unsqueeze needs a multiple of 4 channels, got {c}")
@@ -50,12 +50,12 @@ class FactorOut(Bijection):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         factored, carried = x.chunk(2, dim=1)
-        carried, log_det = self.inner(carried)
+        carried, log_det = self.inner(carried, context)
         return torch.cat([factored, carried], dim=1), log_det
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         factored, carried = z.chunk(2, dim=1)
-        carried, log_det = self.inner.inverse(carried)
+        carried, log_det = self.inner.inverse(carried, context)
         return torch.cat([factored, carried], dim=1), log_det

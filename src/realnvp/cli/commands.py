@@ -331,7 +331,7 @@ def _sample(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: an image model writes a .png grid or a .npy array")
     generator = torch.Generator(device=flow.device).manual_seed(args.seed)
     with torch.inference_mode():
-        x = flow.sample(args.n, args.temperature, generator=generator)
+        x = flow.sample(args.n, temperature=args.temperature, generator=generator)
     if table:
         _write_csv(args.output, flow.to_data(x), [f"x{i + 1}" for i in range(x.shape[1])])
     else:

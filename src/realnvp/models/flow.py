@@ -10,7 +10,10 @@ besides its density:
   of examples that is scored, e.g. dequantized once with a seed), ``training_batch`` (what each
   training batch becomes at a step, e.g. dequantized with fresh noise);
 - what it reports: the NLL in ``nll_units``, and beside it a ``metric`` such as bits per
-  dimension, or None.
+  dimension, or None;
+- for a conditional flow ``p(x | c)``, what a context is: ``context_shape`` (``(C,)`` for a
+  vector, ``()`` for a class label), how it becomes a tensor (``as_context``) and what the
+  conditioners see of it (``embed``).
 
 Training, the estimator and the studies use only this interface, so they never ask which kind they
 hold; the CLI asks one thing more, the shape of an example (``event_shape``), to pick its file
@@ -23,6 +26,8 @@ kinds in ``realnvp.models.KINDS``.
 from __future__ import annotations
 
 import inspect
+import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +62,12 @@ class Flow(nn.Module):
 
     ``log p(x) = log p_Z(f(x)) + log|det df/dx|`` (the change of variables, eq. 3 of the paper).
     Calling the flow returns ``log_prob``, so a training step is ``loss = -flow(x).mean()``.
+
+    A conditional flow, ``p(x | c) = p_Z(f(x; c) | c) |det df/dx|``, takes a ``context`` in each
+    operation: one per example, ``(B, *context_shape)``, or one for all, ``context_shape``. Its
+    embedding (``embed``: e.g. standardized, then ``context_net``) goes to every bijection and
+    to the base, so each context value gives an exact flow of its own. ``context_shape`` is None
+    for an unconditional flow, which takes no context.
     """
 
     #: the model's ``type`` in a checkpoint's config (see ``realnvp.models.build_flow``)
@@ -66,10 +77,20 @@ class Flow(nn.Module):
     #: what the NLL is measured in, for reports
     nll_units: ClassVar[str] = "nats per example"
 
-    def __init__(self, transform: Bijection, base: StandardNormal):
+    def __init__(
+        self,
+        transform: Bijection,
+        base: StandardNormal,
+        context_shape: tuple[int, ...] | None = None,
+        context_net: nn.Module | None = None,
+    ):
         super().__init__()
         self.transform = transform
         self.base = base
+        #: the shape of one context value, or None for an unconditional flow
+        self.context_shape = None if context_shape is None else tuple(context_shape)
+        #: what the context passes through before the bijections see it (None: as it is)
+        self.context_net = context_net
         #: the constructor's arguments, JSON-friendly: ``type(flow)(**flow.config)`` rebuilds it
         self.config: dict[str, Any] = {}
 
@@ -87,9 +108,10 @@ class Flow(nn.Module):
         return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
     @classmethod
-    def for_data(cls, x_train: NDArray, **options: Any) -> Flow:
-        """A new model for training data ``x_train`` (N, ...), its sizes and any statistics taken
-        from the data; ``options`` are the constructor's other arguments."""
+    def for_data(cls, x_train: NDArray, context: NDArray | None = None, **options: Any) -> Flow:
+        """A new model for training data ``x_train`` (N, ...) and, for a conditional model, their
+        ``context`` (N, ...), its sizes and any statistics taken from the data; ``options`` are
+        the constructor's other arguments."""
         raise NotImplementedError(f"{cls.__name__} cannot be built from data")
 
     @classmethod
@@ -133,6 +155,75 @@ class Flow(nn.Module):
             return f"examples of shape {shape}; the model expects {self.event_shape}"
         return None
 
+    @property
+    def context_dtype(self) -> torch.dtype:
+        """The dtype ``as_context`` gives a context: the model's own unless a kind says (float64
+        for a standardized table, integer labels for images)."""
+        return self.dtype
+
+    def as_context(self, context: ArrayLike | Tensor) -> Tensor:
+        """A context as the tensor the model takes: on its device, in ``context_dtype``."""
+        if not isinstance(context, Tensor):
+            context = torch.as_tensor(np.asarray(context))
+        return context.to(self.device, self.context_dtype)
+
+    def context_mismatch(self, context: NDArray) -> str | None:
+        """Why ``context`` (N, *context_shape) cannot be this flow's context, or None if it can."""
+        if self.context_shape is None:
+            return "the model is not conditional; it takes no context"
+        shape = tuple(np.shape(context)[1:])
+        if shape != self.context_shape:
+            return f"contexts of shape {shape}; the model expects {self.context_shape}"
+        return None
+
+    def embed(self, context: Tensor) -> Tensor:
+        """What the bijections and the base see of a context (B, *context_shape): (B, E), the
+        context in the model's dtype through ``context_net``."""
+        h = context.to(self.dtype).reshape(context.shape[0], -1)
+        return h if self.context_net is None else self.context_net(h)
+
+    def _context(self, context: ArrayLike | Tensor | None, batch: int) -> Tensor | None:
+        """The embedded context of a batch of ``batch`` examples: one context per example, or
+        one for all of them."""
+        if self.context_shape is None:
+            if context is not None:
+                raise ValueError("this flow is not conditional; it takes no context")
+            return None
+        shape = self.context_shape
+        if context is None:
+            raise ValueError(
+                f"this flow is conditional: give a context of shape {shape} or "
+                f"({batch}, {', '.join(map(str, shape))})"
+            )
+        context = self.as_context(context)
+        if context.shape == shape:
+            context = context.expand(batch, *shape)
+        elif context.shape != (batch, *shape):
+            raise ValueError(
+                f"context of shape {tuple(context.shape)} for {batch} examples; expected "
+                f"{shape} or ({batch}, {', '.join(map(str, shape))})"
+            )
+        return self.embed(context)
+
+    def _sample_context(
+        self, n: int, context: ArrayLike | Tensor | None
+    ) -> tuple[Tensor | None, tuple[int, ...]]:
+        """The embedded context of ``n`` draws per context, and the contexts' batch shape:
+        ``()`` for one context, ``(B,)`` for B of them (draw ``i`` of context ``b`` is row
+        ``i * B + b``)."""
+        if self.context_shape is None or context is None:
+            return self._context(context, n), ()
+        shape = self.context_shape
+        context = self.as_context(context)
+        batch = tuple(context.shape[: context.dim() - len(shape)])
+        if tuple(context.shape[len(batch) :]) != shape or len(batch) > 1:
+            raise ValueError(
+                f"context of shape {tuple(context.shape)}; expected {shape} or (B, "
+                f"{', '.join(map(str, shape))})"
+            )
+        rows = context.reshape(-1, *shape).repeat(n, *[1] * len(shape))
+        return self.embed(rows), batch
+
     def in_range(self, x: Tensor) -> Tensor:
         """Which values of ``x`` the model can take without overflowing its dtype (same shape as
         ``x``)."""
@@ -149,18 +240,20 @@ class Flow(nn.Module):
         return x.detach().double().cpu().numpy()
 
     # -- the density -----------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
-        return self.log_prob(x)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.log_prob(x, context)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log-density of each row of ``x``: (B, *event) -> (B,).
+    def log_prob(self, x: Tensor, context: ArrayLike | Tensor | None = None) -> Tensor:
+        """Exact log-density of each row of ``x``: (B, *event) -> (B,); for a conditional flow,
+        ``log p(x | context)`` with one context per row, ``(B, *context_shape)``, or one for all.
 
         It runs in the flow's mode: in training mode a batch-norm bijection uses the batch's
         moments, as the paper trains; ``eval()`` (or ``realnvp.training.evaluate_nll``) scores
         each row on its own.
         """
-        z, log_det = self.transform(x)
-        return self.base.log_prob(z) + log_det
+        h = self._context(context, x.shape[0])
+        z, log_det = self.transform(x, h)
+        return self.base.log_prob(z, h) + log_det
 
     @property
     def device(self) -> torch.device:
@@ -186,39 +279,68 @@ class Flow(nn.Module):
             for m, mode in modes:
                 m.training = mode
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Latent inference, ``z = f(x)``, in evaluation mode whatever the flow's mode."""
+    def encode(self, x: Tensor, context: ArrayLike | Tensor | None = None) -> Tensor:
+        """Latent inference, ``z = f(x)`` (``f(x; context)``), in evaluation mode whatever the
+        flow's mode."""
         with self.evaluating():
-            return self.transform(x)[0]
+            return self.transform(x, self._context(context, x.shape[0]))[0]
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Generation from a latent, ``x = f^-1(z)``, in evaluation mode whatever the flow's
-        mode."""
+    def decode(self, z: Tensor, context: ArrayLike | Tensor | None = None) -> Tensor:
+        """Generation from a latent, ``x = f^-1(z)`` (``f^-1(z; context)``), in evaluation mode
+        whatever the flow's mode."""
         with self.evaluating():
-            return self._decode(z)
+            return self._decode(z, self._context(context, z.shape[0]))
 
-    def _decode(self, z: Tensor) -> Tensor:
-        return self.transform.inverse(z)[0]
+    def _decode(self, z: Tensor, h: Tensor | None = None) -> Tensor:
+        return self.transform.inverse(z, h)[0]
 
     def sample(
-        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+        self,
+        n: int,
+        context: ArrayLike | Tensor | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        """``n`` samples ``x = f^-1(z)``, ``z ~ N(0, temperature^2 I)``, on the model's device;
-        in evaluation mode, so each sample is independent of the others and nothing changes."""
+        """``n`` samples ``x = f^-1(z)``, ``z`` drawn from the base at ``temperature`` (``z ~
+        N(0, temperature^2 I)``), on the model's device; in evaluation mode, so each sample is
+        independent of the others and nothing changes.
+
+        Shapes follow ``torch.distributions``: ``(n, *event)`` from an unconditional flow or one
+        context ``(*context_shape)``; ``(n, B, *event)`` from B contexts ``(B,
+        *context_shape)``, ``n`` samples of each. (An unconditional flow still reads a number in
+        the place of ``context`` as the temperature, as before contexts existed; pass
+        ``temperature=`` by keyword.)
+        """
+        if self.context_shape is None and isinstance(context, int | float):
+            warnings.warn(
+                "sample(n, temperature) is deprecated: pass temperature= by keyword",
+                FutureWarning,
+                stacklevel=2,
+            )
+            context, temperature = None, float(context)
         if temperature <= 0:
             raise ConfigError(f"must be positive, got {temperature}", "temperature")
         with self.evaluating():
-            return self._decode(self.base.sample(n, temperature, generator))
+            h, batch = self._sample_context(n, context)
+            z = self.base.sample(n * math.prod(batch), temperature, generator, h)
+            x = self._decode(z, h)
+            return x.reshape(n, *batch, *x.shape[1:])
 
     def sample_and_log_prob(
-        self, n: int, generator: torch.Generator | None = None
+        self,
+        n: int,
+        context: ArrayLike | Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``n`` samples and their log-densities from one inverse pass, in evaluation mode:
-        ``log p(x) = log p_Z(z) - log|det df^-1/dz|``."""
+        ``log p(x) = log p_Z(z) - log|det df^-1/dz|``. Shapes as ``sample``: ``(n, *batch,
+        *event)`` and ``(n, *batch)``."""
         with self.evaluating():
-            z = self.base.sample(n, generator=generator)
-            x, log_det = self.transform.inverse(z)
-            return x, self.base.log_prob(z) - log_det
+            h, batch = self._sample_context(n, context)
+            z = self.base.sample(n * math.prod(batch), generator=generator, context=h)
+            x, log_det = self.transform.inverse(z, h)
+            log_p = self.base.log_prob(z, h) - log_det
+            return x.reshape(n, *batch, *x.shape[1:]), log_p.reshape(n, *batch)
 
     def compile(self, **kwargs: Any) -> Flow:
         """Compile ``log_prob`` (so training and scoring) and the inverse pass (so ``decode`` and

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch import Tensor
+from torch import Tensor, nn
 
 from realnvp.bijections import (
     AdditiveCoupling,
@@ -60,12 +60,27 @@ class RealNVP(Flow):
             mixed precision (bf16 matrix multiplies; the coupling arithmetic and log-det stay in
             the model's dtype): faster on CPUs with AVX-512 BF16 and on GPUs. Each coupling is
             still exactly invertible and its log-det exact; see ``MLP`` for the round trip.
+        context_features: C, the size of a context ``c`` for a conditional flow ``p(x | c)``
+            (0: unconditional). Every conditioner sees the kept features and the embedded
+            context; ``log_prob(x, c)``, ``sample(n, c)``, ``encode(x, c)``, ``decode(z, c)``.
+            With ``standardize``, the context is standardized too (``set_standardization``).
+        context_net: the embedding of the (standardized) context, any module from (B, C) to
+            (B, E), shared by all layers and trained with them (None: the context as it is). Its
+            output size E is found by running it once on zeros. A custom net is not part of the
+            saved config: rebuild the flow with it in Python, then load the weights.
 
     Example:
         >>> flow = RealNVP(features=2, num_layers=8, hidden_features=128, num_hidden_layers=2)
         >>> x = flow.sample(4)
         >>> flow.log_prob(x).shape, torch.allclose(flow.decode(flow.encode(x)), x)
         (torch.Size([4]), True)
+
+        A conditional flow, ``p(x | c)`` with x in 2-D and c in 3-D:
+
+        >>> flow = RealNVP(features=2, num_layers=4, context_features=3)
+        >>> c = torch.randn(5, 3)
+        >>> flow.log_prob(torch.randn(5, 2), c).shape, flow.sample(10, c).shape
+        (torch.Size([5]), torch.Size([10, 5, 2]))
     """
 
     kind = "realnvp"
@@ -84,6 +99,8 @@ class RealNVP(Flow):
         scale_init: float = SCALE_INIT,
         conditioner_dtype: str | torch.dtype | None = None,
         max_scale: float | None = MAX_SCALE,
+        context_features: int = 0,
+        context_net: nn.Module | None = None,
     ):
         if features < 2:
             raise ConfigError(f"Real NVP needs at least 2 to couple, got {features}", "features")
@@ -91,6 +108,13 @@ class RealNVP(Flow):
             raise ConfigError(f"must be at least 1, got {num_layers}", "num_layers")
         if coupling not in ("affine", "additive"):
             raise ConfigError(f"must be 'affine' or 'additive', got {coupling!r}", "coupling")
+        if isinstance(context_net, str):
+            raise ConfigError(
+                "a custom context_net is not saved with the model; build the flow in Python with "
+                "it (RealNVP(..., context_net=net)) and load the saved weights",
+                "context_net",
+            )
+        embedded = _embedding_features(context_features, context_net)
         dtype = _dtype(conditioner_dtype)
         first = half_mask(features) if mask is None else validate_mask(torch.as_tensor(mask))
         if first.shape != (features,):
@@ -105,10 +129,16 @@ class RealNVP(Flow):
             layers.append(Standardize(torch.zeros(features), torch.ones(features)))
         for m in alternating_masks(first, num_layers):
             if coupling == "affine":
-                layers.append(AffineCoupling(m, conditioner, scale_init, max_scale))
+                layers.append(AffineCoupling(m, conditioner, scale_init, max_scale, embedded))
             else:
-                layers.append(AdditiveCoupling(m, conditioner))
-        super().__init__(Compose(layers), StandardNormal(features))
+                layers.append(AdditiveCoupling(m, conditioner, embedded))
+        context_shape = (context_features,) if context_features else None
+        super().__init__(Compose(layers), StandardNormal(features), context_shape, context_net)
+        self.context_standardize = (
+            Standardize(torch.zeros(context_features), torch.ones(context_features))
+            if standardize and context_features
+            else None
+        )
         self.config = {
             "features": features,
             "num_layers": num_layers,
@@ -122,22 +152,29 @@ class RealNVP(Flow):
             "conditioner_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
             "max_scale": max_scale,
         }
+        if context_features:
+            self.config["context_features"] = context_features
+        if context_net is not None:
+            self.config["context_net"] = "custom"
 
     @classmethod
-    def for_data(cls, x_train: NDArray, **options: Any) -> RealNVP:
+    def for_data(cls, x_train: NDArray, context: NDArray | None = None, **options: Any) -> RealNVP:
         """A RealNVP for the rows of ``x_train`` (N, D) that standardizes them with their mean
         and std (a constant column gets std 1), so it trains on standardized values and reports
-        densities in the data's own units.
+        densities in the data's own units. With ``context`` (N, C), the rows' contexts, the flow
+        is conditional, ``p(x | c)``, and standardizes the contexts the same way.
 
         The statistics are computed in float64 and kept so (see ``Standardize``); the flow takes
-        float64 data (``as_input``), so columns with large offsets keep their digits."""
+        float64 data (``as_input``, ``as_context``), so columns with large offsets keep their
+        digits."""
         x_train = np.asarray(x_train, dtype=np.float64)
-        flow = cls(**{**options, "features": x_train.shape[1], "standardize": True})
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
-            std = x_train.std(0)
-        flow.set_standardization(
-            torch.as_tensor(x_train.mean(0)), torch.as_tensor(np.where(std > 0, std, 1.0))
-        )
+        sizes = {"features": x_train.shape[1], "standardize": True}
+        if context is not None:
+            context = np.asarray(context, dtype=np.float64)
+            sizes["context_features"] = context.shape[1]
+        flow = cls(**{**options, **sizes})
+        stats = [_moments(x_train)] + ([] if context is None else [_moments(context)])
+        flow.set_standardization(*[t for pair in stats for t in pair])
         return flow
 
     @property
@@ -150,6 +187,28 @@ class RealNVP(Flow):
         """float64 when the flow standardizes (it does so in float64), else its own dtype."""
         return torch.float64 if isinstance(self.transform[0], Standardize) else self.dtype
 
+    @property
+    def context_dtype(self) -> torch.dtype:
+        """float64 when the flow standardizes (contexts too), else its own dtype."""
+        return self.input_dtype
+
+    def embed(self, context: Tensor) -> Tensor:
+        """The context, standardized (in float64) when the flow standardizes, through
+        ``context_net``: (B, C) -> (B, E)."""
+        if self.context_standardize is not None:
+            context = self.context_standardize(context)[0]
+        return super().embed(context)
+
+    def context_mismatch(self, context: NDArray) -> str | None:
+        """Contexts of another width than ``context_features``, or a value that is not
+        finite (named by row and column)."""
+        if self.context_shape is not None and np.ndim(context) == 2:
+            bad = ~np.isfinite(np.asarray(context, dtype=np.float64))
+            if bad.any():
+                row, col = np.argwhere(bad)[0]
+                return f"context row {row + 1}, column {col + 1} is {context[row][col]}, not finite"
+        return super().context_mismatch(context)
+
     def in_range(self, x: Tensor) -> Tensor:
         """Which values of the data ``x`` (N, D) the flow can take: False where a value,
         after the standardization if there is one, overflows the flow's dtype (a ``1e300`` that
@@ -160,9 +219,44 @@ class RealNVP(Flow):
             x = (x - first.mean.to(x.device)) / first.std.to(x.device)
         return x.abs() <= torch.finfo(self.dtype).max
 
-    def set_standardization(self, mean: Tensor, std: Tensor) -> None:
-        """Set the data mean and std that the first layer removes (needs ``standardize=True``)."""
+    def set_standardization(
+        self,
+        mean: Tensor,
+        std: Tensor,
+        context_mean: Tensor | None = None,
+        context_std: Tensor | None = None,
+    ) -> None:
+        """Set the data mean and std that the first layer removes (needs ``standardize=True``),
+        and for a conditional flow the contexts' mean and std."""
         first = self.transform[0]
         if not isinstance(first, Standardize):
             raise ConfigError("this flow was built with standardize=False")
         first.set_statistics(mean, std)
+        if context_mean is not None and self.context_standardize is not None:
+            self.context_standardize.set_statistics(context_mean, context_std)
+
+
+def _moments(x: NDArray) -> tuple[Tensor, Tensor]:
+    """Each column's mean and std, in float64 (a constant column gets std 1)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by Standardize
+        std = x.std(0)
+    return torch.as_tensor(x.mean(0)), torch.as_tensor(np.where(std > 0, std, 1.0))
+
+
+def _embedding_features(context_features: int, context_net: nn.Module | None) -> int:
+    """E, the size of the embedded context the conditioners see: C, or what ``context_net``
+    makes of a (2, C) batch of zeros."""
+    if context_features < 0:
+        raise ConfigError(f"must be at least 0, got {context_features}", "context_features")
+    if context_net is None or not context_features:
+        if context_net is not None:
+            raise ConfigError("a context_net needs context_features > 0", "context_net")
+        return context_features
+    with torch.no_grad():
+        out = context_net(torch.zeros(2, context_features))
+    if out.dim() != 2 or out.shape[0] != 2:
+        raise ConfigError(
+            f"must map (B, {context_features}) to (B, E), gave {tuple(out.shape)} for B = 2",
+            "context_net",
+        )
+    return out.shape[1]

@@ -52,20 +52,26 @@ def eval_batch_size(x: Tensor) -> int:
 
 
 @torch.no_grad()
-def evaluate_nll(flow: Flow, x: Tensor, batch_size: int | None = None) -> Tensor:
-    """Per-example negative log-likelihood of ``x`` in evaluation mode, in batches of
-    ``batch_size`` rows (default ``eval_batch_size(x)``): (N, ...) -> (N,)."""
+def evaluate_nll(
+    flow: Flow, x: Tensor, batch_size: int | None = None, context: Tensor | None = None
+) -> Tensor:
+    """Per-example negative log-likelihood of ``x`` (given its ``context`` (N, ...), for a
+    conditional flow) in evaluation mode, in batches of ``batch_size`` rows (default
+    ``eval_batch_size(x)``): (N, ...) -> (N,)."""
+    batches = x.split(batch_size or eval_batch_size(x))
+    contexts = [None] * len(batches) if context is None else context.split(len(batches[0]))
     with flow.evaluating():
-        return torch.cat([-flow.log_prob(b) for b in x.split(batch_size or eval_batch_size(x))])
+        return torch.cat([-flow.log_prob(b, c) for b, c in zip(batches, contexts, strict=True)])
 
 
-def mean_nll(flow: Flow, x: Tensor) -> float:
-    """The mean NLL of ``x``; under DistributedDataParallel each rank scores ``x[rank::N]`` and
-    the sums are all-reduced, so every rank gets the NLL of all of ``x``."""
+def mean_nll(flow: Flow, x: Tensor, context: Tensor | None = None) -> float:
+    """The mean NLL of ``x`` (given ``context``); under DistributedDataParallel each rank scores
+    ``x[rank::N]`` and the sums are all-reduced, so every rank gets the NLL of all of ``x``."""
     n, r = distributed.world_size(), distributed.rank()
     if n == 1:
-        return evaluate_nll(flow, x).mean().item()
-    nll = evaluate_nll(flow, x[r::n]).double()
+        return evaluate_nll(flow, x, context=context).mean().item()
+    mine = None if context is None else context[r::n]
+    nll = evaluate_nll(flow, x[r::n], context=mine).double()
     total = distributed.all_reduce_sum(torch.stack([nll.sum(), nll.new_tensor(len(nll))]))
     return (total[0] / total[1]).item()
 
@@ -138,7 +144,8 @@ class Trainer:
     Args:
         flow: the model; trained in place, and left with the weights of its best validation NLL.
         x_train, x_val: data tensors, (N, ...) each, as ``flow.as_input`` gives them; ``x_val``
-            may be None.
+            may be None. A conditional flow trains on pairs ``(x, context)`` of tensors with
+            the same N, the contexts as ``flow.as_context`` gives them.
         config: the recipe; default ``flow.recipe``, the model kind's own.
         callbacks: the outputs (``realnvp.training.callbacks``): called on rank 0 only.
     """
@@ -146,15 +153,15 @@ class Trainer:
     def __init__(
         self,
         flow: Flow,
-        x_train: Tensor,
-        x_val: Tensor | None = None,
+        x_train: Tensor | tuple[Tensor, Tensor],
+        x_val: Tensor | tuple[Tensor, Tensor] | None = None,
         config: TrainConfig | None = None,
         callbacks: Sequence[Callback] = (),
     ):
         self.flow = flow
         self.config = config or flow.recipe
-        self.x_train = x_train.to(flow.device)
-        self.x_val = None if x_val is None else x_val.to(flow.device)
+        self.x_train, self.context_train = _pair(x_train, flow.device)
+        self.x_val, self.context_val = (None, None) if x_val is None else _pair(x_val, flow.device)
         self.optimizer = make_optimizer(flow.parameters(), self.config.lr, self.config.weight_decay)
         if self.config.compile:
             flow.compile()
@@ -227,8 +234,9 @@ class Trainer:
         flow.train()
         start = time.perf_counter() - self.history.seconds
         while self.step < config.steps and not self.history.stopped_early:
-            index = next(batches)[self.rank :: self.world]  # this rank's share of the batch
-            window += self._step(self.x_train[index.to(flow.device)])
+            index = next(batches)[self.rank :: self.world].to(flow.device)  # this rank's share
+            context = None if self.context_train is None else self.context_train[index]
+            window += self._step(self.x_train[index], context)
             window_steps += 1
             self._call("on_step")
             if self.step % config.eval_every == 0 or self.step == config.steps:
@@ -244,12 +252,13 @@ class Trainer:
         self._call("on_end")
         return self.history
 
-    def _step(self, x: Tensor) -> float:
-        """One optimizer step on the batch ``x``; returns its mean NLL."""
+    def _step(self, x: Tensor, context: Tensor | None = None) -> float:
+        """One optimizer step on the batch ``x`` (given its ``context``); returns its mean
+        NLL."""
         config, flow = self.config, self.flow
         x = flow.training_batch(x, self.step, config.seed)
         with torch.autocast(flow.device.type, torch.bfloat16, enabled=config.bf16):
-            loss = -self.model(x).float().mean()
+            loss = -self.model(x, context).float().mean()
         self._check_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         if config.scale_l2 > 0:
@@ -287,7 +296,7 @@ class Trainer:
         h, config = self.history, self.config
         val_nll, improved = None, False
         if self.x_val is not None:
-            val_nll = mean_nll(self.flow, self.x_val)
+            val_nll = mean_nll(self.flow, self.x_val, self.context_val)
             if val_nll < h.best_val_nll:  # False for NaN: a NaN is never the best
                 h.best_val_nll, h.best_step, self.bad_evals = val_nll, self.step, 0
                 self.best_state = copy.deepcopy(self.flow.state_dict())
@@ -303,15 +312,24 @@ class Trainer:
         self._call("on_evaluation", Evaluation(self.step, train_nll, val_nll, improved))
 
 
+def _pair(data: Tensor | tuple[Tensor, Tensor], device: torch.device):
+    """``(x, context)`` on ``device`` from a tensor or a pair; the context None for a tensor."""
+    x, context = data if isinstance(data, tuple | list) else (data, None)
+    if context is not None and len(context) != len(x):
+        raise ValueError(f"{len(x)} examples but {len(context)} contexts; give one per example")
+    return x.to(device), None if context is None else context.to(device)
+
+
 def fit(
     flow: Flow,
-    x_train: Tensor,
-    x_val: Tensor | None = None,
+    x_train: Tensor | tuple[Tensor, Tensor],
+    x_val: Tensor | tuple[Tensor, Tensor] | None = None,
     config: TrainConfig | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> History:
     """Train ``flow`` by maximum likelihood on ``x_train``, in memory; returns its ``History``.
 
+    A conditional flow trains on pairs: ``fit(flow, (x, context), (x_val, context_val))``.
     With ``x_val``, the validation NLL is measured every ``eval_every`` steps and the flow ends
     with the weights of its best validation NLL. ``config`` defaults to the flow's own
     ``recipe``. A non-finite loss raises ``FloatingPointError`` naming the step, with the flow's

@@ -46,9 +46,14 @@ def split(x: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np
     return x[perm[n_val:]], x[perm[:n_val]]
 
 
-def fingerprint(x: np.ndarray) -> str:
-    """A short hash of the data, so a resumed run can check it sees the same rows."""
-    return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float64).tobytes()).hexdigest()[:16]
+def fingerprint(x: np.ndarray, context: np.ndarray | None = None) -> str:
+    """A short hash of the data (and their contexts), so a resumed run can check it sees the
+    same rows."""
+    digest = hashlib.sha256(np.ascontiguousarray(x, dtype=np.float64).tobytes())
+    if context is not None:
+        digest.update(b"context")
+        digest.update(np.ascontiguousarray(context, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,10 +133,18 @@ class ResumeConflict(ConfigError):
         )
 
 
-def new_flow(model: dict[str, Any] | None, x_train: NDArray, device: str = "auto") -> Flow:
+def new_flow(
+    model: dict[str, Any] | None,
+    x_train: NDArray,
+    device: str = "auto",
+    context: NDArray | None = None,
+) -> Flow:
     """The model ``model`` describes (its ``type``, RealNVP without one, and the constructor's
-    other arguments), built for the training rows ``x_train`` on ``device``."""
+    other arguments), built for the training rows ``x_train`` (and their ``context``, for a
+    conditional model) on ``device``."""
     options = {k: v for k, v in (model or {}).items() if k != "type"}
+    if context is not None:
+        options["context"] = context
     return kind_of(model).for_data(x_train, **options).to(resolve_device(device))
 
 
@@ -141,12 +154,20 @@ def make_trainer(
     x_val: NDArray,
     config: TrainConfig | None = None,
     callbacks: Sequence[Callback] = (),
+    context_train: NDArray | None = None,
+    context_val: NDArray | None = None,
 ) -> Trainer:
-    """A trainer for ``flow`` on the rows ``x_train`` and ``x_val`` (numpy): the training rows
-    as the model takes them, the validation rows prepared once (an image model dequantizes them
-    with a fixed seed, ``VAL_NOISE_SEED``); no validation set when ``x_val`` is empty."""
+    """A trainer for ``flow`` on the rows ``x_train`` and ``x_val`` (numpy) and, for a
+    conditional flow, their contexts: the training rows as the model takes them, the validation
+    rows prepared once (an image model dequantizes them with a fixed seed, ``VAL_NOISE_SEED``);
+    no validation set when ``x_val`` is empty."""
     x_val_t = flow.prepare(x_val, VAL_NOISE_SEED) if len(x_val) else None
-    return Trainer(flow, flow.as_input(x_train), x_val_t, config, callbacks)
+    x_train_t = flow.as_input(x_train)
+    if context_train is not None:
+        x_train_t = (x_train_t, flow.as_context(context_train))
+        if x_val_t is not None:
+            x_val_t = (x_val_t, flow.as_context(context_val))
+    return Trainer(flow, x_train_t, x_val_t, config, callbacks)
 
 
 def fit_data(
@@ -157,9 +178,13 @@ def fit_data(
     seed: int | None = None,
     device: str = "auto",
     callbacks: Sequence[Callback] = (),
+    context_train: NDArray | None = None,
+    context_val: NDArray | None = None,
 ) -> tuple[Flow, History]:
     """Build the model ``model`` describes for ``x_train`` and train it in memory; returns the
-    flow, in evaluation mode with its best validation weights, and its history.
+    flow, in evaluation mode with its best validation weights, and its history. With
+    ``context_train`` and ``context_val``, the rows' contexts, the model is conditional,
+    ``p(x | context)``.
 
     ``model`` holds the constructor's arguments and, for another kind than ``RealNVP``, its
     ``type`` (e.g. ``{"type": "multiscale", "levels": 17}``); sizes and statistics come from
@@ -175,9 +200,9 @@ def fit_data(
     """
     if seed is not None:
         torch.manual_seed(seed)
-    flow = new_flow(model, x_train, device)
-    history = make_trainer(flow, x_train, x_val, config, callbacks).fit()
-    return flow.eval(), history
+    flow = new_flow(model, x_train, device, context_train)
+    trainer = make_trainer(flow, x_train, x_val, config, callbacks, context_train, context_val)
+    return flow.eval(), trainer.fit()
 
 
 def train_run(
@@ -191,8 +216,10 @@ def train_run(
     progress: bool = False,
     data_info: dict[str, Any] | None = None,
     callbacks: Sequence[Callback] = (),
+    context: NDArray | None = None,
 ) -> tuple[Flow, History]:
-    """Fit a flow to the rows of ``x`` and keep everything in the folder ``run``.
+    """Fit a flow to the rows of ``x`` (given their ``context``, for a conditional flow) and
+    keep everything in the folder ``run``.
 
     ``model`` describes the model as for ``fit_data``: ``RealNVP``'s arguments for a table ``x``
     (N, D), which it standardizes with the training rows' mean and std (in float64) so that
@@ -216,7 +243,7 @@ def train_run(
     run = Path(run)
     dev = resolve_device(device)
     if resume:
-        return _resume(run, x, model, config, val_fraction, dev, progress, callbacks)
+        return _resume(run, x, context, model, config, val_fraction, dev, progress, callbacks)
     if (run / MODEL_CONFIG).exists() or (run / TRAINING_STATE).exists():
         raise FileExistsError(
             f"{run}: already holds a run; resume it, or train into another folder"
@@ -225,20 +252,21 @@ def train_run(
     config = config or kind.recipe
     val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
     x_train, x_val = split(x, val_fraction, config.seed)
-    data = {"rows": len(x), "shape": list(x.shape[1:]), "fingerprint": fingerprint(x)}
+    c_train, c_val = (None, None) if context is None else split(context, val_fraction, config.seed)
+    data = {"rows": len(x), "shape": list(x.shape[1:]), "fingerprint": fingerprint(x, context)}
     info = {
         "data": {**(data_info or {}), **data, "val_fraction": val_fraction},
         "train": config.to_dict(),
     }
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    flow = new_flow(model, x_train, device)
+    flow = new_flow(model, x_train, device, c_train)
     outputs = run_outputs(run, info, progress) + list(callbacks)
-    return _fit(run, make_trainer(flow, x_train, x_val, config, outputs))
+    return _fit(run, make_trainer(flow, x_train, x_val, config, outputs, c_train, c_val))
 
 
 def _resume(
-    run, x, model, config, val_fraction, device, progress, callbacks
+    run, x, context, model, config, val_fraction, device, progress, callbacks
 ) -> tuple[Flow, History]:
     flow, optimizer_state, state, best = _load_state(run)
     given = {
@@ -251,7 +279,7 @@ def _resume(
     history = state["history"] if isinstance(state["history"], dict) else {}
     if best is None and history.get("best_step") and (run / MODEL_WEIGHTS).exists():
         best = load_model(run)[0].state_dict()  # saved before the state held its best weights
-    if info["data"]["fingerprint"] != fingerprint(x):
+    if info["data"]["fingerprint"] != fingerprint(x, context):
         raise CheckpointError(
             f"{run}: was trained on other data than given now; resume with the same data"
         )
@@ -259,9 +287,11 @@ def _resume(
     if config is not None:
         train.update({k: getattr(config, k) for k in RESUME_MAY_CHANGE})
     config = saved_config(run, train)
-    x_train, x_val = split(x, info["data"]["val_fraction"], config.seed)
+    fraction = info["data"]["val_fraction"]
+    x_train, x_val = split(x, fraction, config.seed)
+    c_train, c_val = (None, None) if context is None else split(context, fraction, config.seed)
     outputs = run_outputs(run, info, progress) + list(callbacks)
-    trainer = make_trainer(flow.to(device), x_train, x_val, config, outputs)
+    trainer = make_trainer(flow.to(device), x_train, x_val, config, outputs, c_train, c_val)
     try:
         trainer.load_state(
             state,
