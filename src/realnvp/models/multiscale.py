@@ -145,6 +145,36 @@ def _scale(
     return Compose(layers)
 
 
+def _check_sizes(
+    shape: tuple[int, ...], scales: int | None, hidden: int, blocks: int, classes: int
+) -> int:
+    """Refuse sizes the multi-scale recursion cannot take; returns the number of scales."""
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"must be (channels, height, width), got {shape}", "shape")
+    _, h, w = shape
+    scales = default_scales(h, w) if scales is None else scales
+    for name, value, least in [
+        ("num_scales", scales, 1),
+        ("hidden_channels", hidden, 1),
+        ("num_blocks", blocks, 0),
+        ("num_classes", classes, 0),
+    ]:
+        if value < least:
+            raise ConfigError(f"must be at least {least}, got {value}", name)
+    step = 2 ** (scales - 1)
+    if h % step or w % step:
+        raise ConfigError(
+            f"{scales} scales need height and width divisible by {step}, got {h}x{w}; "
+            "pad or crop the images, or use fewer scales",
+            "num_scales",
+        )
+    if h * w // step**2 < 2:
+        raise ConfigError(
+            f"the last scale would be 1x1; use fewer than {scales} scales", "num_scales"
+        )
+    return scales
+
+
 class MultiScaleRealNVP(Flow):
     """Real NVP for images (Dinh et al. 2017, section 3.6): ``log_prob`` of dequantized pixels.
 
@@ -206,29 +236,7 @@ class MultiScaleRealNVP(Flow):
         class_prior: bool = True,
     ):
         shape = tuple(int(s) for s in shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ConfigError(f"must be (channels, height, width), got {shape}", "shape")
-        _, h, w = shape
-        num_scales = default_scales(h, w) if num_scales is None else num_scales
-        for name, value, least in [
-            ("num_scales", num_scales, 1),
-            ("hidden_channels", hidden_channels, 1),
-            ("num_blocks", num_blocks, 0),
-            ("num_classes", num_classes, 0),
-        ]:
-            if value < least:
-                raise ConfigError(f"must be at least {least}, got {value}", name)
-        step = 2 ** (num_scales - 1)
-        if h % step or w % step:
-            raise ConfigError(
-                f"{num_scales} scales need height and width divisible by {step}, got {h}x{w}; "
-                "pad or crop the images, or use fewer scales",
-                "num_scales",
-            )
-        if h * w // step**2 < 2:
-            raise ConfigError(
-                f"the last scale would be 1x1; use fewer than {num_scales} scales", "num_scales"
-            )
+        num_scales = _check_sizes(shape, num_scales, hidden_channels, num_blocks, num_classes)
         body = _scale(
             shape,
             num_scales,

@@ -18,7 +18,7 @@ from realnvp.bijections import (
     alternating_masks,
     half_mask,
 )
-from realnvp.bijections.coupling import MAX_SCALE, SCALE_INIT
+from realnvp.bijections.coupling import MAX_SCALE, SCALE_INIT, Conditioner
 from realnvp.bijections.masks import validate_mask
 from realnvp.distributions import StandardNormal
 from realnvp.errors import ConfigError
@@ -108,12 +108,6 @@ class RealNVP(Flow):
             raise ConfigError(f"must be at least 1, got {num_layers}", "num_layers")
         if coupling not in ("affine", "additive"):
             raise ConfigError(f"must be 'affine' or 'additive', got {coupling!r}", "coupling")
-        if isinstance(context_net, str):
-            raise ConfigError(
-                "a custom context_net is not saved with the model; build the flow in Python with "
-                "it (RealNVP(..., context_net=net)) and load the saved weights",
-                "context_net",
-            )
         embedded = _embedding_features(context_features, context_net)
         dtype = _dtype(conditioner_dtype)
         first = half_mask(features) if mask is None else validate_mask(torch.as_tensor(mask))
@@ -128,16 +122,13 @@ class RealNVP(Flow):
         if standardize:
             layers.append(Standardize(torch.zeros(features), torch.ones(features)))
         for m in alternating_masks(first, num_layers):
-            if coupling == "affine":
-                layers.append(AffineCoupling(m, conditioner, scale_init, max_scale, embedded))
-            else:
-                layers.append(AdditiveCoupling(m, conditioner, embedded))
+            affine = (scale_init, max_scale) if coupling == "affine" else None
+            layers.append(_coupling(m, conditioner, affine, embedded))
         context_shape = (context_features,) if context_features else None
         super().__init__(Compose(layers), StandardNormal(features), context_shape, context_net)
+        c = context_features
         self.context_standardize = (
-            Standardize(torch.zeros(context_features), torch.ones(context_features))
-            if standardize and context_features
-            else None
+            Standardize(torch.zeros(c), torch.ones(c)) if standardize and c else None
         )
         self.config = {
             "features": features,
@@ -152,10 +143,9 @@ class RealNVP(Flow):
             "conditioner_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
             "max_scale": max_scale,
         }
-        if context_features:
-            self.config["context_features"] = context_features
-        if context_net is not None:
-            self.config["context_net"] = "custom"
+        # only for a conditional flow, so configs of unconditional flows are as before
+        self.config.update({"context_features": c} if c else {})
+        self.config.update({"context_net": "custom"} if context_net is not None else {})
 
     @classmethod
     def for_data(cls, x_train: NDArray, context: NDArray | None = None, **options: Any) -> RealNVP:
@@ -236,6 +226,15 @@ class RealNVP(Flow):
             self.context_standardize.set_statistics(context_mean, context_std)
 
 
+def _coupling(
+    mask: Tensor, conditioner: Conditioner, affine: tuple[float, float | None] | None, c: int
+) -> Bijection:
+    """An affine coupling with ``affine = (scale_init, max_scale)``, else an additive one."""
+    if affine is None:
+        return AdditiveCoupling(mask, conditioner, c)
+    return AffineCoupling(mask, conditioner, *affine, context_features=c)
+
+
 def _moments(x: NDArray) -> tuple[Tensor, Tensor]:
     """Each column's mean and std, in float64 (a constant column gets std 1)."""
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by Standardize
@@ -246,6 +245,12 @@ def _moments(x: NDArray) -> tuple[Tensor, Tensor]:
 def _embedding_features(context_features: int, context_net: nn.Module | None) -> int:
     """E, the size of the embedded context the conditioners see: C, or what ``context_net``
     makes of a (2, C) batch of zeros."""
+    if isinstance(context_net, str):
+        raise ConfigError(
+            "a custom context_net is not saved with the model; build the flow in Python with it "
+            "(RealNVP(..., context_net=net)) and load the saved weights",
+            "context_net",
+        )
     if context_features < 0:
         raise ConfigError(f"must be at least 0, got {context_features}", "context_features")
     if context_net is None or not context_features:
