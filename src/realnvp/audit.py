@@ -30,19 +30,24 @@ def jacobian_log_det(flow: Flow | Callable[[Tensor], tuple[Tensor, Tensor]], x: 
 MAX_POINTS = 256
 
 
-def audit(flow: Flow, x: Tensor, max_points: int = MAX_POINTS) -> dict[str, float]:
-    """The largest round-trip error ``|f^-1(f(x)) - x|`` over ``x``, in the model's dtype and in
-    units of each column's spread, and the largest difference between the flow's log-det and the
-    autograd Jacobian's, computed in float64 on the first ``max_points`` rows."""
+def audit(
+    flow: Flow, x: Tensor, max_points: int = MAX_POINTS, context: Tensor | None = None
+) -> dict[str, float]:
+    """The largest round-trip error ``|f^-1(f(x)) - x|`` over ``x`` (given each row's
+    ``context``, for a conditional flow), in the model's dtype and in units of each column's
+    spread, and the largest difference between the flow's log-det and the autograd Jacobian's,
+    computed in float64 on the first ``max_points`` rows."""
     flow = flow.eval()
     with torch.no_grad():
         spread = x.std(0).clamp_min(1e-12) if len(x) > 1 else torch.ones_like(x[0])
-        inverse_error = ((flow.decode(flow.encode(x)) - x).abs() / spread).max().item()
+        z = flow.encode(x, context)
+        inverse_error = ((flow.decode(z, context) - x).abs() / spread).max().item()
     flow64 = copy.deepcopy(flow).double()
     x64 = x[:max_points].double()
-    exact = jacobian_log_det(flow64, x64)
+    h = None if context is None else flow64._context(context[:max_points], len(x64))
+    exact = jacobian_log_det(lambda v: flow64.transform(v, h), x64)
     with torch.no_grad():
-        claimed = flow64.transform(x64)[1]
+        claimed = flow64.transform(x64, h)[1]
     return {
         "points": len(x),
         "inverse_error": inverse_error,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from realnvp.audit import audit
+from realnvp.cli.contexts import Layout, parse_context, read_contexts
 from realnvp.cli.parser import MODEL_OPTIONS, OPTIONS, TRAIN_OPTIONS, flag, model_options
 from realnvp.config import TrainConfig
 from realnvp.data.images import IMAGE_DATASETS, is_image_source, load_images
@@ -116,50 +117,116 @@ def _is_table(flow: Flow) -> bool:
     return len(flow.event_shape) == 1
 
 
-def _examples(args: argparse.Namespace, spec: str, flow: Flow, seed: int, min_rows: int = 1):
-    """The examples of ``spec`` as the model scores them (``flow.prepare``): the rows of a table
-    (a value that overflows the model, after its standardization, is refused naming its row and
-    column) or the test split of an image set (dequantized with ``seed``)."""
-    levels = None
+def _examples(
+    args: argparse.Namespace,
+    spec: str,
+    flow: Flow,
+    seed: int,
+    min_rows: int = 1,
+    layout: Layout | None = None,
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The examples of ``spec`` as the model scores them (``flow.prepare``) and, for a
+    conditional model, their contexts: the rows of a table (a value that overflows the model,
+    after its standardization, is refused naming its row and column; a conditional run's
+    ``layout`` says which columns are the context) or the test split of an image set
+    (dequantized with ``seed``; its labels for a class-conditional model)."""
+    levels, context = None, None
     if _is_table(flow):
-        representable = lambda a: flow.in_range(torch.as_tensor(a)).cpu().numpy()  # noqa: E731
-        columns = flow.event_shape[0]
-        x, _ = load_data(spec, args.n, seed, args.drop_nonfinite, min_rows, columns, representable)
+        width = flow.event_shape[0] if layout is None else layout.width
+        x, _ = load_data(
+            spec, args.n, seed, args.drop_nonfinite, min_rows, width, _representable(flow, layout)
+        )
+        if layout is not None:
+            layout.check(spec, x)
+            x, context = layout.split(x)
     else:
         data = load_images(spec)
         x, levels = data.test, data.levels
+        if flow.context_shape is not None:
+            context = _labels(spec, data.test_labels)
     problem = flow.mismatch(x, levels)
+    if problem is None and context is not None:
+        problem = flow.context_mismatch(context)
     if problem is not None:
         raise DataError(f"{spec}: {problem}")
-    return flow.prepare(x, seed)
+    return flow.prepare(x, seed), context
 
 
-def _latents(args: argparse.Namespace, spec: str, flow: Flow) -> torch.Tensor:
-    """Latent codes from a table, in the model's dtype; a value it cannot hold is refused."""
+def _representable(flow: Flow, layout: Layout | None):
+    """What ``load_data`` checks of each value: that the model can take it (context columns
+    are checked by the model's own ``context_mismatch``)."""
+
+    def ok(a: np.ndarray) -> np.ndarray:
+        if layout is None:
+            return flow.in_range(torch.as_tensor(a)).cpu().numpy()
+        out = np.ones(a.shape, dtype=bool)
+        out[:, layout.modelled] = flow.in_range(torch.as_tensor(a[:, layout.modelled])).cpu()
+        return out
+
+    return ok
+
+
+def _labels(spec: str, labels: np.ndarray | None) -> np.ndarray:
+    if labels is None:
+        raise DataError(f"{spec}: holds no labels, which a class-conditional model needs")
+    return labels
+
+
+def _latents(
+    args: argparse.Namespace, spec: str, flow: Flow, layout: Layout | None
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Latent codes from a table, in the model's dtype, and a conditional run's contexts from
+    the same table (laid out as its training data); a value it cannot hold is refused."""
     limit = float(torch.finfo(flow.dtype).max)
     x, _ = load_data(
         spec,
         args.n,
         args.data_seed,
         args.drop_nonfinite,
-        columns=flow.event_shape[0],
+        columns=flow.event_shape[0] if layout is None else layout.width,
         representable=lambda a: np.abs(a) <= limit,
     )
-    return torch.as_tensor(x, dtype=flow.dtype, device=flow.device)
+    context = None
+    if layout is not None:
+        x, context = layout.split(x)
+    return torch.as_tensor(x, dtype=flow.dtype, device=flow.device), context
 
 
-def _training_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The training data, a description for the run's records, and the model kind they call
-    for: the multi-scale model for images, Real NVP for a table."""
+def _training_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    """The training data, their contexts (None for an unconditional model), a description for
+    the run's records, and the model kind they call for: the multi-scale model for images,
+    Real NVP for a table."""
     if is_image_source(args.data):
+        if args.context:
+            raise UsageError(
+                "--context names a table's columns; images condition on their "
+                "labels with --conditional"
+            )
         data = load_images(args.data)
         source = args.data if args.data in IMAGE_DATASETS else str(Path(args.data).resolve())
         model = {"type": MultiScaleRealNVP.kind, "levels": data.levels}
-        return data.train, {"source": source, "dataset": data.name, "levels": data.levels}, model
+        labels = _labels(args.data, data.train_labels) if args.conditional else None
+        info = {"source": source, "dataset": data.name, "levels": data.levels}
+        return data.train, labels, {**info, "conditional": args.conditional}, model
+    if args.conditional:
+        raise UsageError(
+            "--conditional trains on image labels; for a table, name its context "
+            "columns with --context"
+        )
     x, info = load_data(args.data, args.n, args.data_seed, args.drop_nonfinite, min_rows=2)
+    context = None
+    if args.context:
+        if info["builtin"]:
+            raise UsageError(
+                f"{args.data}: a built-in data set has no context columns; "
+                "--context names columns of a CSV or NumPy file"
+            )
+        layout = Layout.of(args.data, args.context, x.shape[1])
+        x, context = layout.split(x)
+        info["context_columns"] = layout.to_info()
     if x.shape[1] < 2:
         raise UsageError(f"{args.data}: has {x.shape[1]} column; Real NVP needs at least 2")
-    return x, info, {"type": RealNVP.kind}
+    return x, context, info, {"type": RealNVP.kind}
 
 
 # -- train ---------------------------------------------------------------------------------
@@ -211,7 +278,7 @@ def _prepare_run(args: argparse.Namespace) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    x, info, model = _training_data(args)
+    x, context, info, model = _training_data(args)
     kind = kind_of(model)
     _check_model_options(args, kind)
     device = _prepare_run(args)
@@ -232,6 +299,7 @@ def _train(args: argparse.Namespace) -> int:
             device,
             progress=not args.no_progress,
             data_info=info,
+            context=context,
         )
     except FileExistsError as error:
         if error.errno is not None:  # the system's, not the library's "already holds a run"
@@ -263,9 +331,10 @@ def _report(history: History, flow: Flow, out: Path) -> None:
 
 # -- using a trained model -----------------------------------------------------------------
 def _eval(args: argparse.Namespace) -> int:
-    flow, _ = load_model(args.run_dir)
-    x = _examples(args, args.data, flow, args.data_seed, min_rows=2)
-    nll = evaluate_nll(flow, x).double().cpu().numpy()
+    flow, config = load_model(args.run_dir)
+    x, context = _examples(args, args.data, flow, args.data_seed, 2, _layout(config))
+    c = None if context is None else flow.as_context(context)
+    nll = evaluate_nll(flow, x, context=c).double().cpu().numpy()
     result = {
         "nll": float(nll.mean()),
         "nll_se": float(nll.std(ddof=1) / math.sqrt(len(nll))),
@@ -291,52 +360,133 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layout(config: dict[str, Any]) -> Layout | None:
+    """Which columns of a table a conditional run conditions on (None: unconditional)."""
+    return Layout.from_info(config.get("data", {}))
+
+
 def _transform(args: argparse.Namespace) -> int:
     _check_output(args.output)
-    flow, _ = load_model(args.run_dir)
+    flow, config = load_model(args.run_dir)
     if not _is_table(flow):
         raise UsageError(
             f"{args.run_dir}: is an image model; '{args.command}' works on table models "
             "(use the Python API's log_prob/encode/decode for images)"
         )
-    d = flow.event_shape[0]
+    layout = _layout(config)
     if args.command == "decode":
-        x = _latents(args, args.data, flow)
+        x, context = _latents(args, args.data, flow, layout)
     else:
-        x = _examples(args, args.data, flow, args.data_seed)
+        x, context = _examples(args, args.data, flow, args.data_seed, layout=layout)
     with torch.inference_mode():
         if args.command == "score":
-            out, header = flow.log_prob(x)[:, None], ["log_prob"]
+            out = flow.log_prob(x, context)[:, None]
         elif args.command == "encode":
-            out, header = flow.encode(x), [f"z{i + 1}" for i in range(d)]
+            out = flow.encode(x, context)
         else:
-            out, header = flow.decode(x), [f"x{i + 1}" for i in range(d)]
+            out = flow.decode(x, context)
     out = out.double().cpu().numpy()
     bad = ~np.isfinite(out).all(axis=1)
     if bad.any():
+        what = "log_prob" if args.command == "score" else "value"
         raise UsageError(
             f"{args.data}: row {int(np.argmax(bad)) + 1} ({int(bad.sum())} rows in all) gives a "
-            f"non-finite {header[0] if args.command == 'score' else 'value'}: the row is too far "
-            "outside what the model was trained on; nothing was written"
+            f"non-finite {what}: the row is too far outside what the model was trained on; "
+            "nothing was written"
         )
-    _write_csv(args.output, out, header)
+    _write_csv(args.output, *_transformed(args.command, flow, layout, out, context))
     return 0
+
+
+def _transformed(
+    command: str, flow: Flow, layout: Layout | None, out: np.ndarray, context: np.ndarray | None
+) -> tuple[np.ndarray, list[str]]:
+    """What score, encode or decode writes, and its header: encode and decode keep a
+    conditional run's context columns in place, so that their outputs read back."""
+    if command == "score":
+        return out, ["log_prob"]
+    prefix = "z" if command == "encode" else "x"
+    if layout is None:
+        return out, [f"{prefix}{i + 1}" for i in range(flow.event_shape[0])]
+    return layout.join(out, context), layout.header(prefix)
 
 
 def _sample(args: argparse.Namespace) -> int:
     _check_output(args.output)
-    flow, _ = load_model(args.run_dir)
+    flow, config = load_model(args.run_dir)
     table = _is_table(flow)
     if not table and Path(args.output).suffix not in (".png", ".npy"):
         raise UsageError(f"{args.output}: an image model writes a .png grid or a .npy array")
+    layout = _layout(config)
+    context = _sample_context(args, flow, layout)
     generator = torch.Generator(device=flow.device).manual_seed(args.seed)
     with torch.inference_mode():
-        x = flow.sample(args.n, temperature=args.temperature, generator=generator)
-    if table:
+        x = flow.sample(args.n, context, temperature=args.temperature, generator=generator)
+    if not table:
+        _write_images(Path(args.output), flow, x)
+    elif layout is None:
         _write_csv(args.output, flow.to_data(x), [f"x{i + 1}" for i in range(x.shape[1])])
     else:
-        _write_images(Path(args.output), flow, x)
+        _write_csv(args.output, *_conditional_samples(args, flow, layout, x, context))
     return 0
+
+
+def _sample_context(args: argparse.Namespace, flow: Flow, layout: Layout | None):
+    """The contexts ``sample`` draws for: ``--context`` (one), ``--context-file`` (one per
+    row) or ``--label`` (an image class); refused when the model takes none, or needs one."""
+    given = [
+        f
+        for f, v in [
+            ("--context", args.context),
+            ("--context-file", args.context_file),
+            ("--label", args.label),
+        ]
+        if v is not None
+    ]
+    if flow.context_shape is None:
+        if given:
+            raise UsageError(f"{given[0]}: {args.run_dir} is not a conditional model")
+        return None
+    if len(given) > 1:
+        raise UsageError(f"{given[0]} and {given[1]}: give one of them")
+    if layout is None:  # class-conditional images
+        if args.context is not None or args.context_file is not None:
+            raise UsageError(f"{given[0]}: {args.run_dir} is class-conditional; give --label")
+        if args.label is None:
+            raise UsageError(
+                f"{args.run_dir}: is class-conditional; give --label (0 to {flow.num_classes - 1})"
+            )
+        if not 0 <= args.label < flow.num_classes:
+            raise UsageError(
+                f"--label: {args.label}; the model's labels are 0 to {flow.num_classes - 1}"
+            )
+        return args.label
+    names = layout.context_names()
+    if args.label is not None:
+        raise UsageError(f"--label: {args.run_dir} conditions on columns; give --context")
+    if args.context is not None:
+        return parse_context(args.context, len(layout.context), names)[0]
+    if args.context_file is not None:
+        return read_contexts(args.context_file, layout)
+    raise UsageError(
+        f"{args.run_dir}: is conditional on {', '.join(names)}; give --context "
+        "VALUES or --context-file FILE"
+    )
+
+
+def _conditional_samples(
+    args: argparse.Namespace, flow: Flow, layout: Layout, x: torch.Tensor, context: np.ndarray
+) -> tuple[np.ndarray, list[str]]:
+    """Samples laid out as the training table, the context in its columns; from a context
+    file, grouped by context row, with the row's number first."""
+    header = layout.header()
+    if context.ndim == 1:
+        rows = layout.join(flow.to_data(x), np.broadcast_to(context, (len(x), len(context))))
+        return rows, header
+    x = flow.to_data(x).transpose(1, 0, 2).reshape(-1, x.shape[-1])  # grouped by context row
+    repeated = np.repeat(context, args.n, axis=0)
+    index = np.repeat(np.arange(1, len(context) + 1), args.n)[:, None]
+    return np.hstack([index, layout.join(x, repeated)]), ["row", *header]
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -346,13 +496,20 @@ def _plot(args: argparse.Namespace) -> int:
     spec = args.data or config.get("data", {}).get("source")
     if spec is None:
         raise UsageError("name the test images: realnvp plot RUN DATA --out DIR")
-    x = _examples(args, spec, flow, seed=1)
+    x, labels = _examples(args, spec, flow, seed=1)
     _make_folder(args.out)
-    spread = lambda k: x[torch.linspace(0, len(x) - 1, min(k, len(x))).long()]  # noqa: E731
+    pick = torch.linspace(0, len(x) - 1, min(32, len(x))).long()
+    y = None if labels is None else flow.as_context(labels)
+    four, label = x[pick[:: max(1, len(pick) // 4)][:4]], None
+    if y is not None:  # four test images of one class, the class of the first
+        label = int(y[0])
+        four = x[(y == label).nonzero().squeeze(1)[:4]]
     figures = {
         "samples.png": plot_samples(flow, seed=args.seed),
-        "reconstructions.png": plot_reconstructions(flow, spread(32)),
-        "manifold.png": plot_manifold(flow, spread(4)),
+        "reconstructions.png": plot_reconstructions(
+            flow, x[pick], 8, None if y is None else y[pick]
+        ),
+        "manifold.png": plot_manifold(flow, four, label=label),
     }
     for name, figure in figures.items():
         save_figure(figure, args.out / name, dpi=150)
@@ -361,15 +518,25 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    flow, _ = load_model(args.run_dir)
+    flow, config = load_model(args.run_dir)
     # one backward pass per output value and point: a few points for images
     max_points = args.max_points if _is_table(flow) else min(args.max_points, 2)
     if args.data is None:
+        context = None
+        if flow.context_shape is not None:
+            if _is_table(flow):
+                raise UsageError(
+                    f"{args.run_dir}: is conditional; name the rows to check, with "
+                    "their context columns: realnvp audit RUN DATA"
+                )
+            context = torch.arange(4096) % flow.num_classes
         with torch.no_grad():
-            x = flow.sample(4096, generator=torch.Generator().manual_seed(args.data_seed))
+            g = torch.Generator().manual_seed(args.data_seed)
+            x = flow.sample(4096 if context is None else 1, context, generator=g)
+            x = x.reshape(-1, *flow.event_shape)
     else:
-        x = _examples(args, args.data, flow, args.data_seed)
-    report = audit(flow, x, max_points)
+        x, context = _examples(args, args.data, flow, args.data_seed, layout=_layout(config))
+    report = audit(flow, x, max_points, None if context is None else flow.as_context(context))
     ok_inv = report["inverse_error"] <= args.inverse_tol
     ok_det = report["log_det_error"] <= args.log_det_tol
     print(

@@ -252,10 +252,24 @@ def _train_command(commands) -> None:
         "train",
         "fit a Real NVP to a table, a built-in data set, or images",
         "realnvp train moons --out runs/moons --steps 2000\n"
-        "  realnvp train digits --out runs/digits --steps 3000",
+        "  realnvp train digits --out runs/digits --steps 3000\n"
+        "  realnvp train data.csv --context age,income --out runs/cond   (p(x | age, income))\n"
+        "  realnvp train mnist5k --conditional --out runs/mnist-y   (p(image | digit))",
     )
     p.add_argument("data", metavar="DATA", help=DATA_HELP + IMAGE_HELP)
     p.add_argument("--out", required=True, type=Path, metavar="RUN", help="the run folder")
+    p.add_argument(
+        "--context",
+        metavar="COLS",
+        help="condition on these columns of a table (names from its header, or numbers from 1, "
+        "comma-separated) and model the others: p(x | c); eval, score, encode and decode then "
+        "read the same columns",
+    )
+    p.add_argument(
+        "--conditional",
+        action="store_true",
+        help="images: a class-conditional model p(image | label), trained on the labels",
+    )
     p.add_argument(
         "--val-fraction",
         type=_fraction,
@@ -321,11 +335,24 @@ def _sample_command(commands) -> None:
         "sample",
         "draw samples x = f^-1(z) from a trained model",
         "realnvp sample runs/moons -n 1000 --temperature 0.8 -o samples.csv\n"
-        "  realnvp sample runs/digits -n 64 --temperature 0.7 -o samples.png",
+        "  realnvp sample runs/digits -n 64 --temperature 0.7 -o samples.png\n"
+        '  realnvp sample runs/cond --context "1.5,0.2" -n 1000 -o samples.csv\n'
+        "  realnvp sample runs/mnist-y --label 3 -n 64 -o threes.png",
     )
     p.add_argument("run_dir", metavar="RUN", type=Path)
-    p.add_argument("-n", type=_positive_int, required=True, help="how many samples")
+    p.add_argument(
+        "-n", type=_positive_int, required=True, help="how many samples (per context or label)"
+    )
     p.add_argument("--temperature", type=_positive_float, default=1.0)
+    p.add_argument(
+        "--context", metavar="VALUES", help='a conditional table model\'s context, e.g. "1.5,0.2"'
+    )
+    p.add_argument(
+        "--context-file",
+        metavar="FILE",
+        help="contexts, one per row (CSV, .npy): N samples of each, with the row's number",
+    )
+    p.add_argument("--label", type=int, help="the class of a class-conditional image model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "-o",

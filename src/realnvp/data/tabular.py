@@ -160,3 +160,48 @@ def check_representable(
             f"{source}: row {line}, column {col + 1}: {x[row, col]:g} is out of the range the "
             f"model computes in (it overflows float32); {int(bad.any(axis=1).sum())} such rows"
         )
+
+
+def column_names(path: str | Path) -> list[str] | None:
+    """The names in a CSV file's header row, or None when it has none (or is a NumPy file)."""
+    path = Path(path)
+    if path.suffix.lower() in (".npy", ".npz") or not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        sample = f.read(4096)
+        f.seek(0)
+        try:
+            delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t ").delimiter
+        except csv.Error:
+            delimiter = ","
+        first = next((r for r in csv.reader(f, delimiter=delimiter) if r), None)
+    if first is None or any(_parse_float(c.strip()) is not None for c in first):
+        return None
+    return [c.strip() for c in first]
+
+
+def resolve_columns(
+    spec: str, names: list[str] | None, width: int, source: str | Path
+) -> list[int]:
+    """The 0-based indices of the columns that ``spec`` lists, comma-separated: names from the
+    header, or numbers counting from 1 (as the error messages count columns).
+
+    Example:
+        >>> resolve_columns("c, 1", ["a", "b", "c"], 3, "t.csv")
+        [2, 0]
+    """
+    items = [s.strip() for s in spec.split(",")]
+    if not spec.strip() or not all(items):
+        raise DataError(f"{source}: no column named in {spec!r}; list names or numbers, e.g. a,b")
+    out: list[int] = []
+    for item in items:
+        if names is not None and item in names:
+            out.append(names.index(item))
+        elif item.isdigit() and 1 <= int(item) <= width:
+            out.append(int(item) - 1)
+        else:
+            known = f"its columns are {', '.join(names)}" if names else f"it has {width} columns"
+            raise DataError(f"{source}: no column {item!r} ({known}, or numbers 1 to {width})")
+    if len(set(out)) != len(out):
+        raise DataError(f"{source}: a column is named twice in {spec!r}")
+    return out

@@ -44,22 +44,33 @@ def plot_samples(
     n: int = 64,
     seed: int = 0,
 ) -> Figure:
-    """One grid of ``n`` samples per temperature, from the same base draws scaled."""
+    """One grid of ``n`` samples per temperature, from the same base draws scaled. A
+    class-conditional model draws one row per class instead, ``sqrt(n)`` samples of each."""
     flow.eval()
     cols = int(math.sqrt(n))
-    z = flow.base.sample(n, generator=torch.Generator().manual_seed(seed))
+    labels = None
+    if flow.context_shape is not None:
+        labels = torch.arange(flow.num_classes).repeat_interleave(cols)
+        n = len(labels)
+    g = torch.Generator().manual_seed(seed)
+    h = None if labels is None else flow.embed(labels.to(flow.device))
     fig = Figure(figsize=(4 * len(temperatures), 4.3), layout="constrained")
     axes = fig.subplots(1, len(temperatures), squeeze=False)[0]
     for ax, t in zip(axes, temperatures, strict=True):
-        _show(ax, mosaic(to_pixels(flow, flow.decode(z * t)), cols), f"samples, T = {t}")
+        z = flow.base.sample(n, t, torch.Generator().set_state(g.get_state()), context=h)
+        title = f"samples, T = {t}" + ("" if labels is None else ", one row per class")
+        _show(ax, mosaic(to_pixels(flow, flow.decode(z, labels)), cols), title)
     return fig
 
 
 @torch.no_grad()
-def plot_reconstructions(flow: MultiScaleRealNVP, x: Tensor, cols: int = 8) -> Figure:
-    """Test images ``x`` (dequantized) beside ``decode(encode(x))``, with the largest error."""
+def plot_reconstructions(
+    flow: MultiScaleRealNVP, x: Tensor, cols: int = 8, labels: Tensor | None = None
+) -> Figure:
+    """Test images ``x`` (dequantized) beside ``decode(encode(x))``, with the largest error
+    (given the images' ``labels``, for a class-conditional model)."""
     flow.eval()
-    x_rec = flow.decode(flow.encode(x))
+    x_rec = flow.decode(flow.encode(x, labels), labels)
     error = (x_rec - x).abs().max().item()
     fig = Figure(figsize=(8, 2.8), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -70,13 +81,16 @@ def plot_reconstructions(flow: MultiScaleRealNVP, x: Tensor, cols: int = 8) -> F
 
 
 @torch.no_grad()
-def plot_manifold(flow: MultiScaleRealNVP, x4: Tensor, steps: int = 8) -> Figure:
+def plot_manifold(
+    flow: MultiScaleRealNVP, x4: Tensor, steps: int = 8, label: int | None = None
+) -> Figure:
     """The paper's manifold figure: decode
     ``z = cos(a) (cos(b) z1 + sin(b) z2) + sin(a) (cos(b) z3 + sin(b) z4)`` over a grid of
     ``a, b`` in ``[0, pi/2]``, where ``z1..z4`` encode four test images. The corners are the four
-    images; the sweep keeps the norm of ``z`` near that of a typical latent."""
+    images; the sweep keeps the norm of ``z`` near that of a typical latent. A class-conditional
+    model encodes and decodes with one ``label`` (four images of that class)."""
     flow.eval()
-    z = flow.encode(x4)
+    z = flow.encode(x4, label)
     angles = torch.linspace(0, math.pi / 2, steps)
     grid = []
     for a in angles:
@@ -85,7 +99,7 @@ def plot_manifold(flow: MultiScaleRealNVP, x4: Tensor, steps: int = 8) -> Figure
                 torch.cos(a) * (torch.cos(b) * z[0] + torch.sin(b) * z[1])
                 + torch.sin(a) * (torch.cos(b) * z[2] + torch.sin(b) * z[3])
             )
-    images = to_pixels(flow, flow.decode(torch.stack(grid)))
+    images = to_pixels(flow, flow.decode(torch.stack(grid), label))
     fig = Figure(figsize=(5, 5.3), layout="constrained")
     _show(fig.subplots(), mosaic(images, steps), "latent plane through 4 test images")
     return fig
