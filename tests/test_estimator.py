@@ -66,3 +66,72 @@ def test_grid_search_picks_by_held_out_likelihood(moons) -> None:
 def test_one_feature_is_refused_with_a_clear_message() -> None:
     with pytest.raises(ValueError, match="at least 2 features"):
         tiny().fit(np.random.default_rng(0).standard_normal((50, 1)))
+
+
+# -- ConditionalRealNVPDensity ---------------------------------------------------------------
+def conditional_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """y in 2-D; X's first column follows y's first, its second column's spread y's second."""
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=(n, 2))
+    X = np.c_[y[:, 0] + 0.1 * rng.normal(size=n), np.exp(y[:, 1] / 2) * rng.normal(size=n)]
+    return X, y
+
+
+def tiny_conditional(**kwargs):
+    from realnvp import ConditionalRealNVPDensity
+
+    options = {"num_layers": 2, "hidden_features": 16, "steps": 10, "batch_size": 64}
+    return ConditionalRealNVPDensity(**{**options, "random_state": 0, **kwargs})
+
+
+CONDITIONAL_EXPECTED_FAILED_CHECKS = {
+    **EXPECTED_FAILED_CHECKS,
+    # These call score_samples(X) alone; a conditional density needs each row's context too.
+    "check_methods_sample_order_invariance": "score_samples(X, y) needs y",
+    "check_methods_subset_invariance": "score_samples(X, y) needs y",
+}
+
+
+@parametrize_with_checks(
+    [tiny_conditional()], expected_failed_checks=lambda est: CONDITIONAL_EXPECTED_FAILED_CHECKS
+)
+def test_sklearn_checks_of_the_conditional_estimator(estimator, check) -> None:
+    check(estimator)
+
+
+def test_the_conditional_estimator_uses_y() -> None:
+    X, y = conditional_rows(2000, seed=0)
+    X_test, y_test = conditional_rows(1000, seed=1)
+    est = tiny_conditional(steps=300, lr=3e-3).fit(X, y)
+    right = est.score(X_test, y_test)
+    shuffled = est.score(X_test, y_test[np.random.default_rng(2).permutation(len(y_test))])
+    assert right > shuffled + 300  # each row's own context explains it: > 0.3 nats per row
+    assert est.score_samples(X_test[:4], y_test[:4]).shape == (4,)
+    assert est.sample(7, y=[0.0, 1.0], random_state=0).shape == (7, 2)
+    many = est.sample(7, y=y_test[:3], random_state=0)
+    assert many.shape == (7, 3, 2)
+    # draws for a context follow it: the first column sits near y's first column
+    assert np.abs(est.sample(500, y=[2.0, 0.0], random_state=1)[:, 0].mean() - 2.0) < 0.3
+
+
+def test_the_conditional_estimator_refuses_a_wrong_y() -> None:
+    X, y = conditional_rows(200, seed=0)
+    est = tiny_conditional().fit(X, y)
+    with pytest.raises(ValueError, match=r"y has shape \(5, 3\); expected \(5, 2\)"):
+        est.score_samples(X[:5], np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="y is required"):
+        est.sample(3)
+
+
+def test_the_conditional_estimator_in_a_pipeline_and_grid_search() -> None:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = conditional_rows(600, seed=0)
+    pipe = make_pipeline(StandardScaler(), tiny_conditional(lr=1e-2))
+    search = GridSearchCV(pipe, {"conditionalrealnvpdensity__steps": [1, 40]}, cv=2)
+    search.fit(X, y)
+    assert search.best_params_ == {"conditionalrealnvpdensity__steps": 40}
+    scores = search.cv_results_["mean_test_score"]
+    assert scores[1] > scores[0]
+    assert np.isfinite(search.score(X, y))

@@ -12,7 +12,7 @@ from realnvp.bijections import (
     Standardize,
 )
 from realnvp.config import TrainConfig
-from realnvp.distributions import StandardNormal
+from realnvp.distributions import ConditionalNormal, StandardNormal
 from realnvp.models import Flow, MultiScaleRealNVP, RealNVP
 from realnvp.nn import MLP
 
@@ -24,6 +24,8 @@ __all__ = [
     "AffineCoupling",
     "Bijection",
     "Compose",
+    "ConditionalNormal",
+    "ConditionalRealNVPDensity",
     "Flow",
     "Inverse",
     "MultiScaleRealNVP",
@@ -40,8 +42,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The estimator sits on top of training and scikit-learn; it loads on first use, so that
     # importing the models does not import the training stack (PEP 562).
-    if name == "RealNVPDensity":
-        from realnvp.estimator import RealNVPDensity
+    if name in ("RealNVPDensity", "ConditionalRealNVPDensity"):
+        from realnvp import estimator
 
-        return RealNVPDensity
+        return getattr(estimator, name)
     raise AttributeError(f"module 'realnvp' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""A scikit-learn density estimator, shaped like ``sklearn.neighbors.KernelDensity``."""
+"""scikit-learn density estimators: ``RealNVPDensity`` of X, shaped like
+``sklearn.neighbors.KernelDensity``, and ``ConditionalRealNVPDensity`` of X given y."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from realnvp.config import VAL_FRACTION
 from realnvp.errors import ConfigError
@@ -77,12 +78,18 @@ class RealNVPDensity(BaseEstimator):
     def fit(self, X: ArrayLike, y: None = None) -> RealNVPDensity:
         """Fit the density of the rows of X, shape (n_samples, n_features >= 2)."""
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        self._fit(X, None)
+        return self
+
+    def _fit(self, X: NDArray, context: NDArray | None) -> None:
         if X.shape[1] < 2:
             raise ConfigError(
                 f"Real NVP needs at least 2 features to couple; got {X.shape[1]} feature"
             )
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        x_train, x_val = split(X, self.val_fraction if len(X) >= 10 else 0.0, seed)
+        fraction = self.val_fraction if len(X) >= 10 else 0.0
+        x_train, x_val = split(X, fraction, seed)
+        c_train, c_val = (None, None) if context is None else split(context, fraction, seed)
         model = {
             "num_layers": self.num_layers,
             "hidden_features": self.hidden_features,
@@ -96,13 +103,17 @@ class RealNVPDensity(BaseEstimator):
             patience=self.patience,
             seed=seed,
         )
-        self.flow_, self.history_ = fit_data(x_train, x_val, model, config, seed, self.device)
-        return self
+        self.flow_, self.history_ = fit_data(
+            x_train, x_val, model, config, seed, self.device, (), c_train, c_val
+        )
 
     def score_samples(self, X: ArrayLike) -> NDArray:
         """Log-density of each row of X, in X's units: shape (n_samples,)."""
         check_is_fitted(self, "flow_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self._log_density(X, None)
+
+    def _log_density(self, X: NDArray, context: NDArray | None) -> NDArray:
         x = self.flow_.as_input(X)
         ok = self.flow_.in_range(x)
         if not bool(ok.all()):
@@ -111,7 +122,8 @@ class RealNVPDensity(BaseEstimator):
                 f"X[{row}, {col}] = {X[row, col]:g} is out of the range the model computes in "
                 "(it overflows float32 after standardization)"
             )
-        return -evaluate_nll(self.flow_, x).double().cpu().numpy()
+        c = None if context is None else self.flow_.as_context(context)
+        return -evaluate_nll(self.flow_, x, context=c).double().cpu().numpy()
 
     def score(self, X: ArrayLike, y: None = None) -> float:
         """Total log-likelihood of X (as ``KernelDensity.score``)."""
@@ -125,3 +137,82 @@ class RealNVPDensity(BaseEstimator):
         with torch.inference_mode():
             x = self.flow_.sample(n_samples, generator=generator)
         return self.flow_.to_data(x)
+
+
+class ConditionalRealNVPDensity(RealNVPDensity):
+    """Conditional density estimation ``p(X | y)`` with scikit-learn's interface: ``fit(X, y)``
+    with y the context of each row, (n_samples,) or (n_samples, n_context); ``score_samples(X,
+    y)`` the log-density of each row given its context; ``sample(n, y)``. It works in a
+    ``Pipeline`` (which transforms X and passes y on) and in ``GridSearchCV``, which ranks
+    parameters by ``score(X, y)``, the held-out total log-likelihood.
+
+    X and y are standardized with their training rows' mean and std (inside the flow, so
+    densities stay in X's units). The parameters are ``RealNVPDensity``'s.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.normal(size=300)
+        >>> X = np.c_[y + 0.1 * rng.normal(size=300), rng.normal(size=300)]
+        >>> est = ConditionalRealNVPDensity(num_layers=2, hidden_features=16, steps=20).fit(X, y)
+        >>> est.score_samples(X[:3], y[:3]).shape, est.sample(5, y=0.5).shape
+        ((3,), (5, 2))
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> ConditionalRealNVPDensity:
+        """Fit the density of the rows of X (n_samples, n_features >= 2) given their contexts
+        y, (n_samples,) or (n_samples, n_context)."""
+        X, y = validate_data(
+            self, X, y, dtype=np.float64, ensure_min_samples=2, multi_output=True, y_numeric=True
+        )
+        y = _as_2d(y)
+        self.n_context_features_ = y.shape[1]
+        self._fit(X, y)
+        return self
+
+    def _context(self, y: ArrayLike, rows: int | None = None) -> NDArray:
+        y = _as_2d(check_array(y, dtype=np.float64, ensure_2d=False))
+        if y.shape[1] != self.n_context_features_ or (rows is not None and len(y) != rows):
+            expected = (
+                f"({rows}, {self.n_context_features_})"
+                if rows is not None
+                else (f"(n, {self.n_context_features_})")
+            )
+            raise ValueError(f"y has shape {y.shape}; expected {expected}")
+        return y
+
+    def score_samples(self, X: ArrayLike, y: ArrayLike) -> NDArray:  # type: ignore[override]
+        """Log-density of each row of X given its context in y, in X's units: (n_samples,)."""
+        check_is_fitted(self, "flow_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self._log_density(X, self._context(y, len(X)))
+
+    def score(self, X: ArrayLike, y: ArrayLike) -> float:  # type: ignore[override]
+        """Total log-likelihood of X given y."""
+        return float(self.score_samples(X, y).sum())
+
+    def sample(  # type: ignore[override]
+        self, n_samples: int = 1, y: ArrayLike | None = None, random_state: int | None = None
+    ) -> NDArray:
+        """``n_samples`` rows drawn given each context: y of one context, (n_context,) or a
+        number, gives (n_samples, n_features); y of B contexts, (B, n_context) or (B,) for one
+        context feature as in ``fit``, gives (n_samples, B, n_features), as
+        ``torch.distributions`` shapes them."""
+        check_is_fitted(self, "flow_")
+        if y is None:
+            raise ValueError("y is required: the context to sample given")
+        one = np.ndim(y) == 0 or (np.ndim(y) == 1 and self.n_context_features_ > 1)
+        context = self._context(np.reshape(y, (1, -1)) if one else y)
+        seed = int(check_random_state(random_state).randint(2**31 - 1))
+        generator = torch.Generator(device=self.flow_.device).manual_seed(seed)
+        with torch.inference_mode():
+            x = self.flow_.sample(n_samples, context[0] if one else context, generator=generator)
+        return self.flow_.to_data(x)
+
+
+def _as_2d(y: NDArray) -> NDArray:
+    return y.reshape(-1, 1) if y.ndim == 1 else y
