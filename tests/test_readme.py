@@ -46,3 +46,14 @@ def test_the_library_example_runs(tmp_path, monkeypatch) -> None:
     exec(compile(code, "README.md", "exec"), namespace)
     assert (tmp_path / "runs" / "mine" / "model.json").exists()
     assert namespace["history"].step[-1] == 300
+
+
+def test_the_conditional_example_runs() -> None:
+    """README's conditional example runs as written, and its shapes are those it states."""
+    section = (ROOT / "README.md").read_text().split("## Conditional flows", 1)[1]
+    code = re.search(r"```python\n(.+?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["log_p"].shape == (5,)
+    assert namespace["one"].shape == (1000, 2) and namespace["many"].shape == (100, 8, 2)
+    assert namespace["z"].shape == (5, 2)
