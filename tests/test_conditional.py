@@ -230,3 +230,23 @@ def test_fit_takes_pairs_and_refuses_unequal_lengths() -> None:
     assert history.step == [2, 4] and all(math.isfinite(v) for v in history.val_nll)
     with pytest.raises(ValueError, match="64 examples but 63 contexts"):
         fit(flow, (x, c[:63]), config=TrainConfig(steps=1))
+
+
+class OldStyleShift(nn.Module):
+    """A bijection written before contexts existed: forward(x) and inverse(z) only."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x + 1.0, x.new_zeros(x.shape[0])
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return z - 1.0, z.new_zeros(z.shape[0])
+
+
+def test_a_bijection_without_a_context_argument_still_works_unconditionally() -> None:
+    from realnvp import Compose, Flow, StandardNormal
+
+    flow = Flow(Compose([OldStyleShift(), OldStyleShift()]), StandardNormal(2))
+    x = torch.zeros(3, 2)
+    assert torch.allclose(flow.log_prob(x), StandardNormal(2).log_prob(x + 2.0))
+    assert torch.equal(flow.decode(flow.encode(x)), x)
+    assert flow.sample(4).shape == (4, 2)

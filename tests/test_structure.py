@@ -27,6 +27,7 @@ RANK = {
     "training": 5,
     "plots": 6,
     "estimator": 7,
+    "sbi": 7,
     "studies": 7,
     "cli": 8,
     "__main__": 9,

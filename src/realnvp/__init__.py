@@ -43,7 +43,10 @@ def __getattr__(name: str) -> Any:
     # The estimator sits on top of training and scikit-learn; it loads on first use, so that
     # importing the models does not import the training stack (PEP 562).
     if name in ("RealNVPDensity", "ConditionalRealNVPDensity"):
-        from realnvp import estimator
+        from realnvp.estimator import ConditionalRealNVPDensity, RealNVPDensity
 
-        return getattr(estimator, name)
+        return {
+            "RealNVPDensity": RealNVPDensity,
+            "ConditionalRealNVPDensity": ConditionalRealNVPDensity,
+        }[name]
     raise AttributeError(f"module 'realnvp' has no attribute {name!r}")

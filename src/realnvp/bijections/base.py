@@ -19,6 +19,17 @@ def sum_except_batch(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
+def forward(b: nn.Module, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``b(x, context)``, or ``b(x)`` without a context, so a bijection written before contexts
+    existed (``forward(self, x)``) still works in an unconditional flow."""
+    return b(x) if context is None else b(x, context)
+
+
+def inverse(b: nn.Module, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``b.inverse(z, context)``, or ``b.inverse(z)`` without a context (see ``forward``)."""
+    return b.inverse(z) if context is None else b.inverse(z, context)
+
+
 class Bijection(nn.Module):
     """An invertible map with a tractable Jacobian determinant.
 
@@ -52,10 +63,10 @@ class Inverse(Bijection):
         self.bijection = bijection
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.bijection.inverse(x, context)
+        return inverse(self.bijection, x, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.bijection(z, context)
+        return forward(self.bijection, z, context)
 
 
 class Compose(Bijection):
@@ -85,14 +96,14 @@ class Compose(Bijection):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_det = x.new_zeros(x.shape[0])
         for layer in self.layers:
-            x, ld = layer(x, context)
+            x, ld = forward(layer, x, context)
             log_det = log_det + ld
         return x, log_det
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_det = z.new_zeros(z.shape[0])
         for layer in reversed(self.layers):
-            z, ld = layer.inverse(z, context)
+            z, ld = inverse(layer, z, context)
             log_det = log_det + ld
         return z, log_det
 
@@ -100,7 +111,7 @@ class Compose(Bijection):
         """Every intermediate of the forward pass: ``[x, f_1(x), f_2(f_1(x)), ..., z]``."""
         out = [x]
         for layer in self.layers:
-            x, _ = layer(x, context)
+            x, _ = forward(layer, x, context)
             out.append(x)
         return out
 
@@ -108,6 +119,6 @@ class Compose(Bijection):
         """Every intermediate of the inverse pass: ``[z, f_K^-1(z), ..., x]``."""
         out = [z]
         for layer in reversed(self.layers):
-            z, _ = layer.inverse(z, context)
+            z, _ = inverse(layer, z, context)
             out.append(z)
         return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from realnvp.bijections.base import Bijection
+from realnvp.bijections.base import Bijection, forward, inverse
 
 
 class Squeeze(Bijection):
@@ -52,10 +52,10 @@ class FactorOut(Bijection):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         factored, carried = x.chunk(2, dim=1)
-        carried, log_det = self.inner(carried, context)
+        carried, log_det = forward(self.inner, carried, context)
         return torch.cat([factored, carried], dim=1), log_det
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         factored, carried = z.chunk(2, dim=1)
-        carried, log_det = self.inner.inverse(carried, context)
+        carried, log_det = inverse(self.inner, carried, context)
         return torch.cat([factored, carried], dim=1), log_det

@@ -39,6 +39,7 @@ from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
 from realnvp.bijections import Bijection
+from realnvp.bijections.base import forward, inverse
 from realnvp.config import TrainConfig
 from realnvp.distributions import StandardNormal
 from realnvp.errors import ConfigError
@@ -252,7 +253,7 @@ class Flow(nn.Module):
         each row on its own.
         """
         h = self._context(context, x.shape[0])
-        z, log_det = self.transform(x, h)
+        z, log_det = forward(self.transform, x, h)
         return self.base.log_prob(z, h) + log_det
 
     @property
@@ -283,7 +284,7 @@ class Flow(nn.Module):
         """Latent inference, ``z = f(x)`` (``f(x; context)``), in evaluation mode whatever the
         flow's mode."""
         with self.evaluating():
-            return self.transform(x, self._context(context, x.shape[0]))[0]
+            return forward(self.transform, x, self._context(context, x.shape[0]))[0]
 
     def decode(self, z: Tensor, context: ArrayLike | Tensor | None = None) -> Tensor:
         """Generation from a latent, ``x = f^-1(z)`` (``f^-1(z; context)``), in evaluation mode
@@ -292,7 +293,7 @@ class Flow(nn.Module):
             return self._decode(z, self._context(context, z.shape[0]))
 
     def _decode(self, z: Tensor, h: Tensor | None = None) -> Tensor:
-        return self.transform.inverse(z, h)[0]
+        return inverse(self.transform, z, h)[0]
 
     def sample(
         self,
@@ -338,7 +339,7 @@ class Flow(nn.Module):
         with self.evaluating():
             h, batch = self._sample_context(n, context)
             z = self.base.sample(n * math.prod(batch), generator=generator, context=h)
-            x, log_det = self.transform.inverse(z, h)
+            x, log_det = inverse(self.transform, z, h)
             log_p = self.base.log_prob(z, h) - log_det
             return x.reshape(n, *batch, *x.shape[1:]), log_p.reshape(n, *batch)
 
