@@ -11,9 +11,10 @@ sbi_inference = pytest.importorskip("sbi.inference")
 from realnvp.sbi import RealNVPEstimator, realnvp_nn  # noqa: E402
 
 
-def test_npe_with_a_realnvp_recovers_the_exact_gaussian_posterior() -> None:
+def test_npe_with_a_realnvp_recovers_the_exact_gaussian_posterior(tmp_path, monkeypatch) -> None:
     """theta ~ N(0, I_2), x = theta + N(0, 0.5^2 I): the posterior of theta given x is
     N(x / 1.25, 0.2 I), so its mean and spread are known exactly."""
+    monkeypatch.chdir(tmp_path)  # sbi writes its TensorBoard logs to ./sbi-logs
     torch.manual_seed(0)
     prior = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
     theta = prior.sample((4000,))
