@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,16 +24,22 @@ def _parse_float(cell: str) -> float | None:
         return None
 
 
+def _csv_rows(f: TextIO) -> Iterator[tuple[int, list[str]]]:
+    """The non-empty rows of an open CSV file and their line numbers; the delimiter (comma,
+    semicolon, tab or space) is sniffed from the first 4 KiB."""
+    sample = f.read(4096)
+    f.seek(0)
+    try:
+        delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t ").delimiter
+    except csv.Error:
+        delimiter = ","
+    return ((i, r) for i, r in enumerate(csv.reader(f, delimiter=delimiter), 1) if r)
+
+
 def _read_csv(path: Path) -> tuple[NDArray, NDArray]:
     """The numbers and, for each, its line number in the file."""
     with open(path, newline="") as f:
-        sample = f.read(4096)
-        f.seek(0)
-        try:
-            delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t ").delimiter
-        except csv.Error:
-            delimiter = ","
-        rows = [(i, r) for i, r in enumerate(csv.reader(f, delimiter=delimiter), 1) if r]
+        rows = list(_csv_rows(f))
     if not rows:
         raise DataError(f"{path}: the file has no rows")
     _first_line, first = rows[0]
@@ -168,13 +175,7 @@ def column_names(path: str | Path) -> list[str] | None:
     if path.suffix.lower() in (".npy", ".npz") or not path.is_file():
         return None
     with open(path, newline="") as f:
-        sample = f.read(4096)
-        f.seek(0)
-        try:
-            delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t ").delimiter
-        except csv.Error:
-            delimiter = ","
-        first = next((r for r in csv.reader(f, delimiter=delimiter) if r), None)
+        _, first = next(_csv_rows(f), (0, None))
     if first is None or any(_parse_float(c.strip()) is not None for c in first):
         return None
     return [c.strip() for c in first]
