@@ -242,7 +242,8 @@ class Flow(nn.Module):
 
     # -- the density -----------------------------------------------------------------------
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.log_prob(x, context)
+        # without a context, log_prob(x) as before contexts existed (a user's override of it)
+        return self.log_prob(x) if context is None else self.log_prob(x, context)
 
     def log_prob(self, x: Tensor, context: ArrayLike | Tensor | None = None) -> Tensor:
         """Exact log-density of each row of ``x``: (B, *event) -> (B,); for a conditional flow,

@@ -61,7 +61,11 @@ def evaluate_nll(
     batches = x.split(batch_size or eval_batch_size(x))
     contexts = [None] * len(batches) if context is None else context.split(len(batches[0]))
     with flow.evaluating():
-        return torch.cat([-flow.log_prob(b, c) for b, c in zip(batches, contexts, strict=True)])
+        nll = [
+            -(flow.log_prob(b) if c is None else flow.log_prob(b, c))
+            for b, c in zip(batches, contexts, strict=True)
+        ]
+        return torch.cat(nll)
 
 
 def mean_nll(flow: Flow, x: Tensor, context: Tensor | None = None) -> float:

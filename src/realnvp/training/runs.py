@@ -202,7 +202,8 @@ def fit_data(
         torch.manual_seed(seed)
     flow = new_flow(model, x_train, device, context_train)
     trainer = make_trainer(flow, x_train, x_val, config, callbacks, context_train, context_val)
-    return flow.eval(), trainer.fit()
+    history = trainer.fit()
+    return flow.eval(), history
 
 
 def train_run(
