@@ -118,7 +118,7 @@ def test_a_run_without_validation_resumes_and_ends_with_its_last_weights(
 def test_a_run_whose_validation_nll_is_never_finite_resumes(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(loop, "mean_nll", lambda flow, x: math.nan)
+    monkeypatch.setattr(loop, "mean_nll", lambda flow, x, context=None: math.nan)
     with monkeypatch.context() as m:
         interrupted(m, at_step=20)
         assert train(data, tmp_path / "run") == 130
@@ -140,7 +140,7 @@ def test_resume_of_a_folder_without_a_training_state_is_one_line(
 
 def scripted_validation(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
     nlls = iter(values)
-    monkeypatch.setattr(loop, "mean_nll", lambda flow, x: next(nlls))
+    monkeypatch.setattr(loop, "mean_nll", lambda flow, x, context=None: next(nlls))
 
 
 def test_resuming_a_state_saved_without_its_best_weights_keeps_the_best_model(

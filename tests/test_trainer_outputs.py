@@ -53,7 +53,7 @@ def test_early_stopping_keeps_the_best_weights(
     count is off by one (stopping at ``bad_evals > patience``), if a better NLL does not reset
     it, if patience=None stopped, or if the best weights were not restored at the end."""
     scripted = iter(VAL_NLLS)
-    monkeypatch.setattr(loop, "mean_nll", lambda flow, x: next(scripted))
+    monkeypatch.setattr(loop, "mean_nll", lambda flow, x, context=None: next(scripted))
     flow = tiny_flow()
     weights: dict[int, dict[str, torch.Tensor]] = {}
 
