@@ -1,0 +1,1010 @@
+"""Amortized neural posterior estimation on three sbibm tasks, scored by C2ST: realnvp's
+conditional RealNVP beside zuko's NSF and MAF and nflows' MAF, all trained on the same
+simulations with the same split, batches, optimizer and early stopping.
+
+What it measures. For each task (``two_moons``, ``gaussian_linear``, ``slcp``; see
+``sbibm_tasks.py``), budget N (``--budgets``, default 10,000) and seed, N pairs (theta, x) are
+drawn from the prior and the simulator (numpy, seeded by (seed, task, N)); realnvp's ``split``
+holds out 10% for validation (the same pairs for all). Each estimator learns q(theta | x) once
+(amortized), then for each of sbibm's 10 observations x_o draws 10,000 theta from q(theta | x_o)
+and is scored by C2ST against sbibm's 10,000 reference posterior samples (0.5 is perfect).
+Also recorded: the test NLL -log q(theta | x) in theta's own units on 10,000 fresh pairs (the
+exact posterior of gaussian_linear gives -0.79), calibration, parameters, steps and seconds.
+
+The estimators (``--estimators``):
+- ``realnvp``: ``realnvp.training.runs.fit_data(theta, ..., context_train=x, ...)``: 8 affine
+  couplings with MLP conditioners (2 hidden layers of 128), x (standardized) fed to every
+  conditioner, no embedding net; theta and x standardized in float64 inside the flow (the
+  library's ``for_data``). 138k / 159k / 149k parameters (two_moons / gaussian_linear / slcp).
+- ``zuko_nsf``: ``zuko.flows.NSF(features=theta_dim, context=x_dim, transforms=5,
+  hidden_features=[50, 50])`` (8 bins; zuko's defaults otherwise): 26k / 77k / 46k parameters.
+- ``zuko_maf``: ``zuko.flows.MAF(...)``, the same arguments (alternating orders): 15k / 23k /
+  19k.
+- ``nflows_maf``: sbi 0.21's ``build_maf`` (read from its source): five
+  ``MaskedAffineAutoregressiveTransform(hidden_features=50, num_blocks=2,
+  use_residual_blocks=False, random_mask=False, activation=tanh)``, each followed by a
+  ``RandomPermutation`` (sbi 0.21 uses random, not reversed, permutations: in 2-D some are the
+  identity), over a ``StandardNormal`` base, conditioned on x: 28k / 36k / 32k.
+The peers see theta and x z-scored with the training pairs' mean and std (float64 statistics,
+ddof 0 as realnvp's; sbi uses ddof 1, which is immaterial at 9,000 rows), as float32 tensors;
+their log-densities are moved back to theta's units (minus sum log std_theta). (sbi's own zuko
+builders expand ``hidden_features=50`` to ``[50] * num_transforms``, five hidden layers per
+transform; here both zuko flows have the two hidden layers of 50 given above.)
+
+The protocol (``Protocol``; the same for all four): Adam (realnvp's ``make_optimizer``, fused),
+constant learning rate 5e-4 (sbi's), batches of 512 from ``realnvp.training.loop.batch_indices``
+(the same batches for every estimator: a fresh permutation per epoch, the last short batch
+dropped, so 17 steps per epoch of 9,000 pairs), gradient norm clipped at 5 (sbi's
+``clip_max_norm``), the validation NLL after every epoch, stopped after 20 epochs without a
+better one (sbi's ``stop_after_epochs``) or after 500 epochs (8,500 steps; sbi has no cap, and
+none of the smoke runs reached it), the best-validation weights restored. realnvp trains
+through ``fit_data`` with the equivalent ``TrainConfig(steps=500 * 17, batch_size=512,
+lr=5e-4, schedule="constant", grad_clip=5.0, eval_every=17, patience=20)``; the peers through
+``train_peer``, one small loop that takes exactly those steps. Nobody gets ``torch.compile``;
+all compute in float32, except that realnvp standardizes theta and x in float64 before its
+float32 layers. Advantages, plainly: realnvp has 2-9x the peers' parameters, and the shared
+batch size and learning rate were chosen by trying realnvp (below), not the peers (checked on
+two_moons at batch 256 and 512, lr 5e-4: the zuko flows' test NLL within 0.01 nats, nflows_maf
+0.09 nats better at 512, where its batch-256 run had hit a 200-epoch cap); the peers have
+architectures their authors tuned for this use (autoregressive transforms; splines for NSF),
+and none of their settings were tried.
+
+How realnvp's setting was picked (two_moons, 10,000 simulations, seed 0, test NLL on 10,000
+fresh pairs, lower is better, standard error ~0.009; training one estimator in one thread):
+8 layers x 128, batch 256, lr 5e-4: -3.311 (stopped at epoch 83); batch 256, lr 1e-3: -3.263;
+batch 512, lr 1e-3: -3.165; batch 512, lr 5e-4: -3.375 with a 200-epoch cap (still improving),
+-3.412 with the 500-epoch cap (stopped at 243); 10 layers, batch 256, lr 5e-4: -3.278; 64 hidden,
+batch 256, lr 5e-4: -3.203. Picked: the library's model defaults (8 layers, 128 hidden, 2
+hidden layers) with batch 512 (the library's default) and lr 5e-4 (sbi's): the best test NLL,
+and the cheapest per epoch. The same setting is used for every task (no per-task tuning). On
+slcp it overfits (training NLL 5.7 vs validation 7.0; 64 hidden gave 6.82 vs 6.92 test NLL,
+still far behind the peers' 5.4-5.9), and on gaussian_linear every estimator overfits within
+tens of epochs (realnvp's best epoch was 5).
+
+Sampling. For the box priors (two_moons, slcp) draws outside the prior are rejected and redrawn
+until 10,000 are kept (sbi's leakage correction), the same for all; the acceptance rate is
+recorded (smoke runs: ~1.0 on two_moons, 0.4-0.7 on slcp).
+
+C2ST. ``exact`` is sbibm's ``c2st`` (``sbibm_tasks.c2st``, reproduced by ``c2st_score``):
+z-scored, an MLP with 2 hidden layers of 10 * dim trained by adam until its training loss
+stalls (max_iter 10,000), 5-fold cross-validated accuracy, classifier seed 1. ``fast`` is the
+same with sklearn's early stopping on (``early_stopping=True, validation_fraction=0.1,
+n_iter_no_change=10``). Defaults (``--c2st auto``): two_moons ``exact``; slcp and
+gaussian_linear ``fast``. With ``--threads`` 2 or more the 5 folds are fitted in that many
+worker processes (sklearn's ``cross_val_score(n_jobs=...)``: the same score; 5 folds on 2
+workers should take 3/5 of the time: not measured, the smoke runs kept to one process).
+The check (``--check-c2st``: the other C2ST too on the first ``--check-observations`` of each
+run, on the same samples; 12 cases, smoke runs, one thread, a shared machine):
+- 2-D (two_moons, 8 cases, two observations per estimator): fast - exact from +0.003 to
+  -0.071, mean -0.032; the worse the estimate the more fast understates it (exact 0.61-0.64:
+  -0.015 to -0.071), enough to reorder the estimators. exact took 23-106 s, fast 5-10 s.
+- 5-D (slcp, 2 cases): -0.008 and -0.011 (exact 0.94-0.96); exact 67-74 s, fast 24 s.
+- 10-D (gaussian_linear, 2 cases): +0.055 and +0.054 (exact 0.530, fast 0.584): sbibm's
+  classifier trains for hundreds of epochs and overfits its folds, so it scores near chance;
+  the early-stopped one finds the difference. exact took 250-280 s, fast 9-15 s.
+So slcp's fast scores are close to sbibm's; two_moons must stay exact to rank estimators;
+gaussian_linear's fast scores read ~0.05 higher than sbibm's C2ST of the same samples (so
+higher than the paper's scale), but exact costs ~4.5 min per observation in 10-D.
+
+Calibration. For ``--coverage-draws`` (200) fresh (theta*, x*) pairs, ``--coverage-samples``
+(1,000) draws from q(theta | x*) (those inside the prior): the rank of theta* is the fraction
+of draws with a higher log q. theta* is in the alpha highest-density region iff its rank <=
+alpha, so the empirical coverage mean(rank <= alpha) against alpha is the diagonal for a
+calibrated q (below it: overconfident). ``calibration_error`` is the mean |coverage - alpha|
+over alpha = 0.05, ..., 0.95; ``--figure`` plots the curves, one axis per task.
+
+Output: one JSON line per (task, budget, estimator, seed) appended to ``--out`` (C2ST per
+observation with mean and std (ddof 1) over them, the check, acceptance rates, training steps,
+epochs and seconds, sampling and C2ST seconds, CPU seconds, test NLL, coverage ranks,
+parameters, the protocol, versions of torch, zuko, nflows, realnvp, scikit-learn, numpy).
+``--report`` prints Markdown tables per task and budget beside the sbibm paper's NPE (NPE-NSF,
+trained per observation, so an anchor rather than a like-for-like figure) and names the best
+estimator by mean C2ST (with the paired difference to the runner-up); the last record of each
+(task, budget, estimator, seed) wins.
+
+Usage (zuko and nflows from ``pip install torch==2.13.0 -e ".[bench]"``; sbibm's files from the
+wheel, see ``sbibm_tasks.py``; run nothing else at the same time):
+    SBIBM_DIR=/path/to/unzipped/sbibm-wheel python benchmarks/sbi_npe.py \
+        --figure benchmarks/results/sbi_npe_coverage.png
+    python benchmarks/sbi_npe.py --report benchmarks/results/sbi_npe.jsonl
+    SBIBM_DIR=... python benchmarks/sbi_npe.py --tasks two_moons --observations 2 --check-c2st \
+        --out /tmp/check.jsonl   # the fast-vs-exact check on two_moons
+
+Time (projected from smoke runs of every piece, in one thread, on this 2-core machine while
+other jobs ran on it, load average 2-6): training the four estimators takes ~6 min on
+two_moons, ~5 on slcp, ~2 on gaussian_linear (~13 min in all); one C2ST takes ~50 s (23-106)
+on two_moons (exact), ~21 s on slcp and ~12 s on gaussian_linear (fast), ~57 min for all 120;
+sampling ~1 min and calibration ~3 min (zuko_nsf's in 10-D alone 77 s). So the full default
+run (3 tasks x 4 estimators x 10 observations, one seed) takes ~74 min in one thread and
+~48 min with ``--threads 2`` (assuming training 1.25x faster and the C2ST folds 1.67x faster
+in 2 processes; neither measured here): about 13 min + 3.5 min per observation scored, over
+the 30 minutes aimed at (an idle machine may take a third less). ``--observations 4`` (the
+first four of sbibm's observations) brings it to ~27 min; ``--c2st fast`` for every task to
+~30 min, at the price of the 2-D bias above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import time
+import warnings
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from sbibm_tasks import (
+    NUM_OBSERVATIONS,
+    TASKS,
+    BoxUniformTask,
+    Task,
+    observation,
+    reference_samples,
+)
+from torch import Tensor, nn
+
+from realnvp.config import TrainConfig
+from realnvp.training.loop import batch_indices, make_optimizer
+from realnvp.training.runs import fit_data, split
+
+ESTIMATORS = ("realnvp", "zuko_nsf", "zuko_maf", "nflows_maf")
+
+#: the published NPE (NPE-NSF, trained per observation) C2ST, mean and std over the 10
+#: observations: github.com/sbi-benchmark/results, benchmarking_sbi/results/main_paper.csv at
+#: commit 741183cdece7077453efbedac0fad7e74afa10e5 (Lueckmann et al. 2021)
+PAPER_NPE: dict[tuple[str, int], tuple[float, float]] = {
+    ("two_moons", 10_000): (0.606, 0.039),
+    ("two_moons", 100_000): (0.542, 0.024),
+    ("gaussian_linear", 10_000): (0.552, 0.032),
+    ("gaussian_linear", 100_000): (0.506, 0.004),
+    ("slcp", 10_000): (0.901, 0.047),
+    ("slcp", 100_000): (0.831, 0.052),
+}
+
+#: the C2ST each task uses by default (``--c2st auto``): see the module docstring for why
+DEFAULT_C2ST = {"two_moons": "exact", "gaussian_linear": "fast", "slcp": "fast"}
+
+#: our model's one setting for every task (see the module docstring for how it was picked)
+REALNVP_MODEL: dict[str, Any] = {"num_layers": 8, "hidden_features": 128, "num_hidden_layers": 2}
+
+#: samples drawn from each posterior estimate, as in sbibm
+NUM_SAMPLES = 10_000
+#: the classifier seed of every C2ST (sbibm's default, used for the paper)
+C2ST_SEED = 1
+#: rows per no-grad batch when scoring or sampling in bulk
+CHUNK = 65_536
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How every estimator trains: the same for all four.
+
+    Adam with a constant learning rate on mini-batches of ``batch_size`` (each epoch a fresh
+    permutation of the training pairs, the last short batch dropped:
+    ``realnvp.training.loop.batch_indices``), the gradient norm clipped at ``grad_clip`` (sbi's
+    ``clip_max_norm``), the validation NLL measured after every epoch, training stopped after
+    ``patience`` epochs without a better one or after ``max_epochs``, the best weights restored.
+    """
+
+    batch_size: int = 512
+    lr: float = 5e-4
+    max_epochs: int = 500
+    patience: int = 20
+    val_fraction: float = 0.1
+    grad_clip: float | None = 5.0
+
+
+@dataclass
+class TrainInfo:
+    """What a training run did: steps and epochs taken, the epoch of the best validation NLL,
+    that NLL (nats per pair, in theta's own units) and the wall-clock seconds (building the
+    model included)."""
+
+    steps: int
+    epochs: int
+    best_epoch: int
+    best_val_nll: float
+    stopped_early: bool
+    seconds: float = 0.0
+
+
+# -- the estimators ----------------------------------------------------------------------------
+class Estimator(ABC):
+    """A conditional density q(theta | x), trained on (theta, x) pairs in float64 numpy."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, theta_dim: int, x_dim: int):
+        self.theta_dim, self.x_dim = theta_dim, x_dim
+
+    @abstractmethod
+    def fit(
+        self,
+        theta_train: NDArray,
+        x_train: NDArray,
+        theta_val: NDArray,
+        x_val: NDArray,
+        protocol: Protocol,
+        seed: int,
+    ) -> TrainInfo:
+        """Train on the pairs, with early stopping on the validation pairs."""
+
+    @abstractmethod
+    def _sample(self, n: int, x: NDArray) -> NDArray:
+        """``n`` draws of theta for each row of ``x`` (B, x_dim): (n, B, theta_dim)."""
+
+    @abstractmethod
+    def _log_prob(self, theta: NDArray, x: NDArray) -> NDArray:
+        """log q(theta_i | x_i) in theta's own units, (N,)."""
+
+    @abstractmethod
+    def modules(self) -> list[nn.Module]:
+        """The trained modules (for the parameter count)."""
+
+    @property
+    def num_parameters(self) -> int:
+        """Trainable parameters."""
+        return sum(p.numel() for m in self.modules() for p in m.parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def sample(self, n: int, x: NDArray) -> NDArray:
+        """``n`` draws of theta for each row of ``x`` (B, x_dim): (n, B, theta_dim) float64."""
+        per = max(1, CHUNK // max(1, len(x)))
+        return np.concatenate([self._sample(min(per, n - i), x) for i in range(0, n, per)])
+
+    @torch.no_grad()
+    def log_prob(self, theta: NDArray, x: NDArray) -> NDArray:
+        """log q(theta_i | x_i), (N,) float64, in chunks."""
+        return np.concatenate(
+            [
+                self._log_prob(theta[i : i + CHUNK], x[i : i + CHUNK])
+                for i in range(0, len(x), CHUNK)
+            ]
+        )
+
+
+class RealNVPEstimator(Estimator):
+    """realnvp's conditional RealNVP, trained by ``fit_data`` (its own loop and float64
+    standardization of theta and x)."""
+
+    name = "realnvp"
+
+    def __init__(self, theta_dim: int, x_dim: int, model: dict[str, Any] | None = None):
+        super().__init__(theta_dim, x_dim)
+        self.model = dict(REALNVP_MODEL if model is None else model)
+        self.flow: Any = None
+
+    def fit(self, theta_train, x_train, theta_val, x_val, protocol, seed) -> TrainInfo:
+        per_epoch = len(theta_train) // min(protocol.batch_size, len(theta_train))
+        config = TrainConfig(
+            steps=protocol.max_epochs * per_epoch,
+            batch_size=protocol.batch_size,
+            lr=protocol.lr,
+            schedule="constant",
+            grad_clip=protocol.grad_clip,
+            eval_every=per_epoch,
+            patience=protocol.patience,
+            seed=seed,
+        )
+        self.flow, history = fit_data(
+            theta_train,
+            theta_val,
+            self.model,
+            config,
+            seed=seed,
+            device="cpu",
+            context_train=x_train,
+            context_val=x_val,
+        )
+        return TrainInfo(
+            steps=history.step[-1],
+            epochs=len(history.step),
+            best_epoch=history.best_step // per_epoch,
+            best_val_nll=history.best_val_nll,
+            stopped_early=history.stopped_early,
+        )
+
+    def _sample(self, n: int, x: NDArray) -> NDArray:
+        return self.flow.to_data(self.flow.sample(n, self.flow.as_context(x)))
+
+    def _log_prob(self, theta: NDArray, x: NDArray) -> NDArray:
+        lp = self.flow.log_prob(self.flow.as_input(theta), self.flow.as_context(x))
+        return lp.double().numpy()
+
+    def modules(self) -> list[nn.Module]:
+        return [self.flow]
+
+
+class PeerEstimator(Estimator):
+    """A peer library's flow on theta and x z-scored with the training pairs' mean and std
+    (float64 statistics, ddof 0, as ``RealNVP.for_data``; float32 tensors), trained by
+    ``train_peer``. Its log-densities are moved back to theta's units: log q(theta | x) =
+    log q_z(z | x_z) - sum(log std_theta)."""
+
+    def __init__(self, theta_dim: int, x_dim: int):
+        super().__init__(theta_dim, x_dim)
+        self.net: nn.Module | None = None
+
+    @abstractmethod
+    def build(self) -> nn.Module:
+        """The untrained flow on standardized theta (features) given standardized x."""
+
+    @abstractmethod
+    def log_prob_z(self, t: Tensor, c: Tensor) -> Tensor:
+        """log q_z(t_i | c_i) in standardized units, (N,)."""
+
+    @abstractmethod
+    def sample_z(self, n: int, c: Tensor) -> Tensor:
+        """``n`` standardized draws for each row of ``c`` (B, x_dim): (n, B, theta_dim)."""
+
+    def _theta_z(self, theta: NDArray) -> Tensor:
+        return torch.as_tensor((theta - self.t_mean) / self.t_std, dtype=torch.float32)
+
+    def _x_z(self, x: NDArray) -> Tensor:
+        return torch.as_tensor((x - self.x_mean) / self.x_std, dtype=torch.float32)
+
+    def fit(self, theta_train, x_train, theta_val, x_val, protocol, seed) -> TrainInfo:
+        self.t_mean, self.t_std = _moments(theta_train)
+        self.x_mean, self.x_std = _moments(x_train)
+        self.log_jacobian = float(np.log(self.t_std).sum())
+        torch.manual_seed(seed)
+        self.net = self.build()
+        info = train_peer(
+            self.net,
+            self.log_prob_z,
+            (self._theta_z(theta_train), self._x_z(x_train)),
+            (self._theta_z(theta_val), self._x_z(x_val)),
+            protocol,
+            seed,
+        )
+        info.best_val_nll += self.log_jacobian  # in theta's units, as realnvp reports it
+        self.net.eval()
+        return info
+
+    def _sample(self, n: int, x: NDArray) -> NDArray:
+        z = self.sample_z(n, self._x_z(x)).double().numpy()
+        return z * self.t_std + self.t_mean
+
+    def _log_prob(self, theta: NDArray, x: NDArray) -> NDArray:
+        lp = self.log_prob_z(self._theta_z(theta), self._x_z(x)).double().numpy()
+        return lp - self.log_jacobian
+
+    def modules(self) -> list[nn.Module]:
+        return [] if self.net is None else [self.net]
+
+
+class ZukoEstimator(PeerEstimator):
+    """``zuko.flows.<kind>(features=theta_dim, context=x_dim, transforms=5,
+    hidden_features=[50, 50])``, its other arguments zuko's defaults."""
+
+    kind: ClassVar[str] = ""
+
+    def build(self) -> nn.Module:
+        import zuko
+
+        cls = getattr(zuko.flows, self.kind)
+        return cls(
+            features=self.theta_dim, context=self.x_dim, transforms=5, hidden_features=[50, 50]
+        )
+
+    def log_prob_z(self, t: Tensor, c: Tensor) -> Tensor:
+        return self.net(c).log_prob(t)
+
+    def sample_z(self, n: int, c: Tensor) -> Tensor:
+        return self.net(c).sample((n,))
+
+
+class ZukoNSF(ZukoEstimator):
+    name = "zuko_nsf"
+    kind = "NSF"
+
+
+class ZukoMAF(ZukoEstimator):
+    name = "zuko_maf"
+    kind = "MAF"
+
+
+class NflowsMAF(PeerEstimator):
+    """nflows' MAF as sbi 0.21's ``build_maf`` makes it (``sbi/neural_nets/flow.py``): five
+    blocks of ``MaskedAffineAutoregressiveTransform(hidden_features=50, num_blocks=2,
+    use_residual_blocks=False, random_mask=False, activation=tanh)`` each followed by a
+    ``RandomPermutation``, over a ``StandardNormal`` base, conditioned on x (sbi's z-scoring is
+    done outside, as for zuko)."""
+
+    name = "nflows_maf"
+
+    def build(self) -> nn.Module:
+        from nflows.distributions.normal import StandardNormal
+        from nflows.flows.base import Flow
+        from nflows.transforms.autoregressive import MaskedAffineAutoregressiveTransform
+        from nflows.transforms.base import CompositeTransform
+        from nflows.transforms.permutations import RandomPermutation
+
+        layers: list[nn.Module] = []
+        for _ in range(5):
+            layers.append(
+                MaskedAffineAutoregressiveTransform(
+                    features=self.theta_dim,
+                    hidden_features=50,
+                    context_features=self.x_dim,
+                    num_blocks=2,
+                    use_residual_blocks=False,
+                    random_mask=False,
+                    activation=torch.tanh,
+                    dropout_probability=0.0,
+                    use_batch_norm=False,
+                )
+            )
+            layers.append(RandomPermutation(features=self.theta_dim))
+        return Flow(CompositeTransform(layers), StandardNormal((self.theta_dim,)))
+
+    def log_prob_z(self, t: Tensor, c: Tensor) -> Tensor:
+        return self.net.log_prob(t, context=c)
+
+    def sample_z(self, n: int, c: Tensor) -> Tensor:
+        return self.net.sample(n, context=c).transpose(0, 1)  # nflows: (B, n, D)
+
+
+ESTIMATOR_CLASSES: dict[str, type[Estimator]] = {
+    c.name: c for c in (RealNVPEstimator, ZukoNSF, ZukoMAF, NflowsMAF)
+}
+
+
+def _moments(a: NDArray) -> tuple[NDArray, NDArray]:
+    """Each column's mean and std (ddof 0) in float64, a constant column getting std 1."""
+    std = a.std(0)
+    return a.mean(0), np.where(std > 0, std, 1.0)
+
+
+def train_peer(
+    net: nn.Module,
+    log_prob: Callable[[Tensor, Tensor], Tensor],
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    protocol: Protocol,
+    seed: int,
+) -> TrainInfo:
+    """The peers' training loop, the same steps as realnvp's ``Trainer`` takes under the
+    equivalent ``TrainConfig``: the same batches (``batch_indices`` from ``seed``), the same
+    Adam (``make_optimizer``), the gradient norm clipped, the validation NLL after each epoch,
+    ``patience`` epochs without improvement to stop, the best weights restored."""
+    (t_train, c_train), (t_val, c_val) = train, val
+    n = len(t_train)
+    per_epoch = n // min(protocol.batch_size, n)
+    batches: Iterator[Tensor] = batch_indices(n, protocol.batch_size, seed)
+    opt = make_optimizer(net.parameters(), protocol.lr)
+    best, best_epoch, best_state, bad, epoch = math.inf, 0, None, 0, 0
+    start = time.perf_counter()
+    net.train()
+    while epoch < protocol.max_epochs and bad < protocol.patience:
+        for _ in range(per_epoch):
+            b = next(batches)
+            loss = -log_prob(t_train[b], c_train[b]).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss became {loss.item()}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if protocol.grad_clip is not None:
+                nn.utils.clip_grad_norm_(net.parameters(), protocol.grad_clip)
+            opt.step()
+        epoch += 1
+        net.eval()
+        with torch.no_grad():
+            val_nll = -log_prob(t_val, c_val).mean().item()
+        net.train()
+        if val_nll < best:
+            best, best_epoch, bad = val_nll, epoch, 0
+            best_state = copy.deepcopy(net.state_dict())
+        else:
+            bad += 1
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    return TrainInfo(
+        steps=epoch * per_epoch,
+        epochs=epoch,
+        best_epoch=best_epoch,
+        best_val_nll=best,
+        stopped_early=bad >= protocol.patience,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# -- sampling, C2ST, calibration ---------------------------------------------------------------
+def sample_posterior(
+    est: Estimator, task: Task, x_o: NDArray, n: int, max_draws: int = 100 * NUM_SAMPLES
+) -> tuple[NDArray, float]:
+    """``n`` draws from q(theta | x_o); for a box prior the draws outside it are rejected and
+    redrawn (sbi's leakage correction). Returns the draws and the acceptance rate; fewer than
+    ``n`` draws if ``max_draws`` ran out first."""
+    x = np.asarray(x_o, dtype=np.float64).reshape(1, -1)
+    if not isinstance(task, BoxUniformTask):
+        return est.sample(n, x)[:, 0], 1.0
+    kept: list[NDArray] = []
+    accepted = drawn = 0
+    rate = 1.0
+    while accepted < n and drawn < max_draws:
+        m = min(max_draws - drawn, max(1000, math.ceil(1.2 * (n - accepted) / max(rate, 0.01))))
+        draws = est.sample(m, x)[:, 0]
+        inside = draws[task.in_support(draws)]
+        kept.append(inside)
+        drawn += m
+        accepted += len(inside)
+        rate = max(accepted, 1) / drawn
+    return np.concatenate(kept)[:n], accepted / drawn
+
+
+def c2st_score(
+    a: NDArray,
+    b: NDArray,
+    fast: bool = False,
+    seed: int = C2ST_SEED,
+    n_folds: int = 5,
+    n_jobs: int = 1,
+) -> float:
+    """sbibm's C2ST, ``sbibm_tasks.c2st`` line for line (``a`` the reference samples, z-scored
+    with ``a``'s mean and std, float32, an ``MLPClassifier`` with two hidden ReLU layers of
+    ``10 * dim``, adam, ``max_iter=10000``, 5 shuffled folds, the mean test accuracy), with
+    two additions:
+
+    - ``fast``: the classifier's early stopping on (``early_stopping=True,
+      validation_fraction=0.1, n_iter_no_change=10``): each fold's classifier holds out 10% of
+      its training rows and stops after 10 epochs without a better accuracy on them, keeping
+      the best weights; sbibm's stops only when the training loss stalls.
+    - ``n_jobs``: the folds are fitted in that many worker processes (scikit-learn's
+      ``cross_val_score(n_jobs=...)``, one BLAS thread each); each fold's classifier is seeded
+      the same way, so the score is the same (up to BLAS rounding).
+    """
+    from sklearn.model_selection import KFold, cross_val_score
+    from sklearn.neural_network import MLPClassifier
+
+    x = torch.as_tensor(a, dtype=torch.float32)
+    y = torch.as_tensor(b, dtype=torch.float32)
+    mean, std = torch.mean(x, dim=0), torch.std(x, dim=0)
+    xn, yn = ((x - mean) / std).numpy(), ((y - mean) / std).numpy()
+    ndim = xn.shape[1]
+    stopping = {"early_stopping": True, "validation_fraction": 0.1, "n_iter_no_change": 10}
+    clf = MLPClassifier(
+        activation="relu",
+        hidden_layer_sizes=(10 * ndim, 10 * ndim),
+        max_iter=10000,
+        solver="adam",
+        random_state=seed,
+        **(stopping if fast else {}),
+    )
+    data = np.concatenate((xn, yn))
+    target = np.concatenate((np.zeros((xn.shape[0],)), np.ones((yn.shape[0],))))
+    folds = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    jobs = max(1, min(n_jobs, n_folds))
+    try:
+        scores = cross_val_score(clf, data, target, cv=folds, scoring="accuracy", n_jobs=jobs)
+    except (OSError, RuntimeError, ImportError) as error:  # no worker processes: one at a time
+        if jobs == 1:
+            raise
+        warnings.warn(
+            f"C2ST in {jobs} processes failed ({error}); fitting the folds in turn", stacklevel=2
+        )
+        scores = cross_val_score(clf, data, target, cv=folds, scoring="accuracy")
+    return float(np.asarray(np.mean(scores)).astype(np.float32))
+
+
+def c2st_method(method: str, ref: NDArray, draws: NDArray, n_jobs: int = 1) -> float:
+    """The C2ST ``method`` (``exact``: sbibm's; ``fast``: with early stopping) of the reference
+    samples against an estimate's."""
+    return c2st_score(ref, draws, fast=method == "fast", n_jobs=n_jobs)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and its wall-clock seconds; the process's CPU seconds go to ``CPU_SECONDS``."""
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    CPU_SECONDS.append(time.process_time() - cpu)
+    return out, time.perf_counter() - start
+
+
+#: the CPU seconds of each ``timed`` call, latest last (on a shared machine, with one thread,
+#: a better measure of the work than the wall clock)
+CPU_SECONDS: list[float] = []
+
+
+def coverage_ranks(
+    est: Estimator, task: Task, draws: int, samples: int, rng: np.random.Generator
+) -> NDArray:
+    """Highest-density ranks of ``draws`` fresh (theta*, x*) pairs: for each, the fraction of
+    ``samples`` draws from q(theta | x*) (those inside the prior's support: the same rejection
+    as ``sample_posterior``) with a higher log q than theta*. theta* lies in the alpha
+    highest-density region iff its rank is <= alpha, so for a calibrated q the ranks are
+    uniform and the coverage ``mean(rank <= alpha)`` is alpha."""
+    theta_star = task.prior_sample(draws, rng)
+    x_star = task.simulate(theta_star, rng)
+    thetas = est.sample(samples, x_star)  # (S, M, D)
+    xs = np.broadcast_to(x_star, (*thetas.shape[:2], task.x_dim))
+    lp = est.log_prob(thetas.reshape(-1, task.theta_dim), xs.reshape(-1, task.x_dim))
+    lp = lp.reshape(thetas.shape[:2])
+    lp_star = est.log_prob(theta_star, x_star)
+    inside = task.in_support(thetas.reshape(-1, task.theta_dim)).reshape(thetas.shape[:2])
+    higher = ((lp > lp_star) & inside).sum(0)
+    return higher / np.maximum(inside.sum(0), 1)
+
+
+def coverage_curve(ranks: NDArray, levels: NDArray) -> NDArray:
+    """Empirical coverage at each nominal level: the fraction of ranks <= level."""
+    return (np.asarray(ranks)[None, :] <= levels[:, None]).mean(1)
+
+
+def calibration_error(ranks: NDArray) -> float:
+    """Mean |coverage - nominal| over the levels 0.05, 0.10, ..., 0.95."""
+    levels = np.linspace(0.05, 0.95, 19)
+    return float(np.abs(coverage_curve(ranks, levels) - levels).mean())
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+def task_rng(task: str, seed: int, budget: int, stream: int) -> np.random.Generator:
+    """The numpy generator of one stream of one (task, seed, budget): 0 simulations for
+    training, 1 the test set, 2 the calibration pairs."""
+    return np.random.default_rng([seed, zlib.crc32(task.encode()), budget, stream])
+
+
+def simulations(task: Task, n: int, rng: np.random.Generator) -> tuple[NDArray, NDArray]:
+    """``n`` pairs (theta, x) from the prior and the simulator."""
+    theta = task.prior_sample(n, rng)
+    return theta, task.simulate(theta, rng)
+
+
+def versions() -> dict[str, str | None]:
+    """The versions of everything that can change the numbers (realnvp's from the package
+    itself: an editable install's metadata can be stale)."""
+    import realnvp
+
+    out: dict[str, str | None] = {
+        "torch": torch.__version__,
+        "realnvp": realnvp.__version__,
+        "python": platform.python_version(),
+    }
+    for name in ("zuko", "nflows", "scikit-learn", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def log(out: Path | None, record: dict) -> None:
+    """Print the record and append it to ``out`` as one JSON line."""
+    print(json.dumps(record), flush=True)
+    if out is not None:
+        with open(out, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def run_one(
+    task: Task,
+    budget: int,
+    name: str,
+    seed: int,
+    data: dict[str, tuple[NDArray, NDArray]],
+    refs: dict[int, NDArray],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Train one estimator on one task's simulations, then score it: C2ST on each observation,
+    test NLL, calibration. Returns the JSON record."""
+    protocol: Protocol = args.protocol
+    theta_tr, x_tr = data["train"]
+    theta_va, x_va = data["val"]
+    est = (
+        RealNVPEstimator(task.theta_dim, task.x_dim, args.model)
+        if name == "realnvp"
+        else ESTIMATOR_CLASSES[name](task.theta_dim, task.x_dim)
+    )
+    info, train_s = timed(lambda: est.fit(theta_tr, x_tr, theta_va, x_va, protocol, seed))
+    info.seconds = train_s
+    cpu = {"train": CPU_SECONDS[-1], "sample": 0.0, "c2st": 0.0}
+    method = args.c2st if args.c2st != "auto" else DEFAULT_C2ST[task.name]
+    other = "fast" if method == "exact" else "exact"
+    jobs = args.threads
+    scores, accept, sample_s, c2st_s, check = [], [], [], [], []
+    for i, ref in refs.items():
+        torch.manual_seed(1000 * seed + i)
+        x_o = observation(task, i)
+        (draws, rate), s = timed(partial(sample_posterior, est, task, x_o, NUM_SAMPLES))
+        accept.append(rate)
+        sample_s.append(s)
+        cpu["sample"] += CPU_SECONDS[-1]
+        score, s = timed(partial(c2st_method, method, ref, draws, jobs))
+        scores.append(score)
+        c2st_s.append(s)
+        cpu["c2st"] += CPU_SECONDS[-1]
+        if args.check_c2st and len(check) < args.check_observations:
+            score2, s2 = timed(partial(c2st_method, other, ref, draws, jobs))
+            pair = {method: score, other: score2, f"{method}_s": s, f"{other}_s": s2}
+            pair[f"{method}_cpu_s"], pair[f"{other}_cpu_s"] = CPU_SECONDS[-2], CPU_SECONDS[-1]
+            check.append({"obs": i, **pair, "fast_minus_exact": pair["fast"] - pair["exact"]})
+        print(
+            f"  {task.name} {name} obs {i}: c2st {score:.4f} ({method}, {s:.1f} s), "
+            f"acceptance {rate:.3f}",
+            flush=True,
+        )
+    theta_te, x_te = data["test"]
+    test_lp, test_s = timed(lambda: est.log_prob(theta_te, x_te))
+    test_cpu = CPU_SECONDS[-1]
+    torch.manual_seed(seed + 12345)
+    ranks, cov_s = timed(
+        lambda: coverage_ranks(
+            est,
+            task,
+            args.coverage_draws,
+            args.coverage_samples,
+            task_rng(task.name, seed, budget, 2),
+        )
+    )
+    return {
+        "kind": "run",
+        "task": task.name,
+        "budget": budget,
+        "estimator": name,
+        "seed": seed,
+        "observations": list(refs),
+        "c2st_method": method,
+        "c2st_jobs": jobs,
+        "c2st": scores,
+        "c2st_mean": statistics.mean(scores),
+        "c2st_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        "c2st_seconds": c2st_s,
+        "c2st_check": check,
+        "acceptance": accept,
+        "sample_seconds": sample_s,
+        "n_train": len(theta_tr),
+        "n_val": len(theta_va),
+        "train": asdict(info),
+        "test_nll": float(-test_lp.mean()),
+        "test_nll_se": float(test_lp.std(ddof=1) / math.sqrt(len(test_lp))),
+        "n_test": len(test_lp),
+        "test_seconds": test_s,
+        "coverage_ranks": [round(float(r), 5) for r in ranks],
+        "calibration_error": calibration_error(ranks),
+        "coverage_draws": args.coverage_draws,
+        "coverage_samples": args.coverage_samples,
+        "coverage_seconds": cov_s,
+        "cpu_seconds": {**cpu, "test": test_cpu, "coverage": CPU_SECONDS[-1]},
+        "num_parameters": est.num_parameters,
+        "protocol": asdict(protocol),
+        "model": est.model if isinstance(est, RealNVPEstimator) else None,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "time": time.strftime("%Y-%m-%d %H:%M"),
+        "versions": versions(),
+    }
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (task, budget, estimator) of ``args`` for its seed; returns the records."""
+    records = []
+    start = time.perf_counter()
+    for name in args.tasks:
+        task = TASKS[name]
+        refs = {i: reference_samples(task, i) for i in range(1, args.observations + 1)}
+        for budget in args.budgets:
+            theta, x = simulations(task, budget, task_rng(name, args.seed, budget, 0))
+            train_idx, val_idx = split(np.arange(budget), args.protocol.val_fraction, args.seed)
+            data = {
+                "train": (theta[train_idx], x[train_idx]),
+                "val": (theta[val_idx], x[val_idx]),
+                "test": simulations(task, args.test_sims, task_rng(name, args.seed, budget, 1)),
+            }
+            for est in args.estimators:
+                print(f"{name} {budget} {est} (seed {args.seed})", flush=True)
+                record, seconds = timed(
+                    lambda: run_one(task, budget, est, args.seed, data, refs, args)  # noqa: B023
+                )
+                record["seconds"] = seconds
+                log(args.out, record)
+                records.append(record)
+    print(f"total {time.perf_counter() - start:.0f} s", flush=True)
+    return records
+
+
+# -- the report and the figure -----------------------------------------------------------------
+def load(paths: list[Path]) -> list[dict[str, Any]]:
+    """The run records of the files, the last one of each (task, budget, estimator, seed)."""
+    latest: dict[tuple, dict[str, Any]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r.get("kind") == "run":
+                    latest[(r["task"], r["budget"], r["estimator"], r["seed"])] = r
+    return list(latest.values())
+
+
+def report(records: list[dict[str, Any]]) -> str:
+    """Markdown tables: per task and budget, each estimator's C2ST mean ± std beside the sbibm
+    paper's NPE, its test NLL, calibration, acceptance, training and time; the best estimator;
+    the fast-vs-exact C2ST check where there is one."""
+    lines: list[str] = []
+    order = {t: i for i, t in enumerate(TASKS)}
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["task"], r["budget"]), []).append(r)
+    for (task, budget), rs in sorted(groups.items(), key=lambda g: (order[g[0][0]], g[0][1])):
+        rs.sort(key=lambda r: (ESTIMATORS.index(r["estimator"]), r["seed"]))
+        n_obs = sorted({len(r["c2st"]) for r in rs})
+        methods = sorted({r["c2st_method"] for r in rs})
+        lines += [
+            f"### {task}, {budget:,} simulations ({'/'.join(methods)} C2ST, "
+            f"{'/'.join(map(str, n_obs))} observations; mean ± std over observations)",
+            "",
+            "| estimator | seed | C2ST | test NLL | calib. err. | min accept. | epochs (best) "
+            "| train s | sample s | C2ST s | params |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rs:
+            t = r["train"]
+            lines.append(
+                f"| {r['estimator']} | {r['seed']} | {r['c2st_mean']:.3f} ± {r['c2st_std']:.3f} "
+                f"| {r['test_nll']:.3f} | {r['calibration_error']:.3f} "
+                f"| {min(r['acceptance']):.3f} | {t['epochs']} ({t['best_epoch']}) "
+                f"| {t['seconds']:.0f} | {sum(r['sample_seconds']):.0f} "
+                f"| {sum(r['c2st_seconds']):.0f} | {r['num_parameters']:,} |"
+            )
+        paper = PAPER_NPE.get((task, budget))
+        if paper:
+            lines.append(
+                f"| sbibm paper NPE-NSF (per observation) | | {paper[0]:.3f} ± {paper[1]:.3f} "
+                "| | | | | | | | |"
+            )
+        lines += ["", best_line(rs), ""]
+    checks = [(r, c) for r in records for c in r.get("c2st_check", [])]
+    if checks:
+        lines += [
+            "### fast vs exact C2ST (same samples)",
+            "",
+            "| task | estimator | obs | exact | fast | fast - exact | exact s | fast s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r, c in checks:
+            lines.append(
+                f"| {r['task']} | {r['estimator']} | {c['obs']} | {c['exact']:.4f} "
+                f"| {c['fast']:.4f} | {c['fast_minus_exact']:+.4f} | {c['exact_s']:.1f} "
+                f"| {c['fast_s']:.1f} |"
+            )
+        lines.append("")
+        for task in TASKS:
+            diffs = [c["fast_minus_exact"] for r, c in checks if r["task"] == task]
+            if diffs:
+                lines.append(
+                    f"- {task}: {len(diffs)} cases, fast - exact mean "
+                    f"{statistics.mean(diffs):+.4f}, from {min(diffs):+.4f} to {max(diffs):+.4f}."
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def best_line(rs: list[dict[str, Any]]) -> str:
+    """Which estimator has the lowest mean C2ST (over seeds), and its paired difference to the
+    runner-up over the observations they share."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rs:
+        by.setdefault(r["estimator"], []).append(r)
+    means = {e: statistics.mean(r["c2st_mean"] for r in v) for e, v in by.items()}
+    ranked = sorted(means, key=means.get)
+    text = f"Best (lowest mean C2ST): **{ranked[0]}** ({means[ranked[0]]:.3f})"
+    if len(ranked) > 1:
+        a, b = by[ranked[0]], by[ranked[1]]
+        diffs = [
+            y - x
+            for ra in a
+            for rb in b
+            if ra["seed"] == rb["seed"] and ra["observations"] == rb["observations"]
+            for x, y in zip(ra["c2st"], rb["c2st"], strict=True)
+        ]
+        text += f"; next {ranked[1]} ({means[ranked[1]]:.3f})"
+        if len(diffs) > 1:
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            text += (
+                f", paired difference {statistics.mean(diffs):.3f} ± {se:.3f} (SE over "
+                f"{len(diffs)} observations)"
+            )
+    return text + "."
+
+
+def figure(records: list[dict[str, Any]], path: Path) -> None:
+    """Expected coverage against the nominal level, one axis per (task, budget), every
+    estimator on it (seed 0's record, else the lowest seed's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = {t: i for i, t in enumerate(TASKS)}
+    keys = sorted({(r["task"], r["budget"]) for r in records}, key=lambda k: (order[k[0]], k[1]))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 4), squeeze=False)
+    levels = np.linspace(0, 1, 101)
+    for ax, (task, budget) in zip(axes[0], keys, strict=True):
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+        rs = [r for r in records if (r["task"], r["budget"]) == (task, budget)]
+        for name in ESTIMATORS:
+            mine = sorted((r for r in rs if r["estimator"] == name), key=lambda r: r["seed"])
+            if mine:
+                r = mine[0]
+                cov = coverage_curve(np.asarray(r["coverage_ranks"]), levels)
+                ax.plot(levels, cov, label=f"{name} ({r['calibration_error']:.3f})")
+        ax.set_title(f"{task}, {budget:,} sims")
+        ax.set_xlabel("nominal credibility level")
+        ax.set_ylabel("empirical coverage")
+        ax.set_aspect("equal")
+        ax.legend(fontsize=8, title="mean |error|", title_fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--budgets", nargs="+", type=int, default=[10_000])
+    parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=ESTIMATORS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch and BLAS threads; C2ST folds in as many processes",
+    )
+    parser.add_argument(
+        "--observations", type=int, default=NUM_OBSERVATIONS, help="score observations 1..N"
+    )
+    parser.add_argument("--c2st", choices=("auto", "exact", "fast"), default="auto")
+    parser.add_argument(
+        "--check-c2st", action="store_true", help="also score the other C2ST, for comparison"
+    )
+    parser.add_argument("--check-observations", type=int, default=2, help="with --check-c2st")
+    parser.add_argument("--coverage-draws", type=int, default=200, help="M pairs (theta*, x*)")
+    parser.add_argument("--coverage-samples", type=int, default=1000, help="S draws per x*")
+    parser.add_argument("--test-sims", type=int, default=10_000, help="fresh pairs for test NLL")
+    parser.add_argument("--batch-size", type=int, default=Protocol.batch_size)
+    parser.add_argument("--lr", type=float, default=Protocol.lr)
+    parser.add_argument("--max-epochs", type=int, default=Protocol.max_epochs)
+    parser.add_argument("--patience", type=int, default=Protocol.patience)
+    parser.add_argument(
+        "--model", type=json.loads, default=None, help="realnvp's options as JSON (tuning only)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sbi_npe.jsonl"))
+    parser.add_argument("--report", nargs="+", type=Path, metavar="JSONL")
+    parser.add_argument("--figure", type=Path, help="calibration figure (PNG)")
+    args = parser.parse_args()
+    if args.report:
+        records = load(args.report)
+        print(report(records))
+        if args.figure:
+            figure(records, args.figure)
+        return
+    if not 1 <= args.observations <= NUM_OBSERVATIONS:
+        parser.error(f"--observations must be in 1..{NUM_OBSERVATIONS}")
+    args.protocol = Protocol(
+        batch_size=args.batch_size, lr=args.lr, max_epochs=args.max_epochs, patience=args.patience
+    )
+    torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(args.threads):
+        records = run(args)
+    if args.figure:
+        figure(records, args.figure)
+
+
+if __name__ == "__main__":
+    main()
