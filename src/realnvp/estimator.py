@@ -177,12 +177,8 @@ class ConditionalRealNVPDensity(RealNVPDensity):
     def _context(self, y: ArrayLike, rows: int | None = None) -> NDArray:
         y = _as_2d(check_array(y, dtype=np.float64, ensure_2d=False))
         if y.shape[1] != self.n_context_features_ or (rows is not None and len(y) != rows):
-            expected = (
-                f"({rows}, {self.n_context_features_})"
-                if rows is not None
-                else (f"(n, {self.n_context_features_})")
-            )
-            raise ValueError(f"y has shape {y.shape}; expected {expected}")
+            n = "n" if rows is None else rows
+            raise ValueError(f"y has shape {y.shape}; expected ({n}, {self.n_context_features_})")
         return y
 
     def score_samples(self, X: ArrayLike, y: ArrayLike) -> NDArray:  # type: ignore[override]

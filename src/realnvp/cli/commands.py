@@ -137,7 +137,7 @@ def _examples(
             spec, args.n, seed, args.drop_nonfinite, min_rows, width, _representable(flow, layout)
         )
         if layout is not None:
-            layout.check(spec, x)
+            layout.check(spec)
             x, context = layout.split(x)
     else:
         data = load_images(spec)
