@@ -21,6 +21,7 @@ from realnvp.bijections import (
     Inverse,
     Logit,
     Permutation,
+    SplineCoupling,
     Squeeze,
     Standardize,
 )
@@ -42,6 +43,28 @@ class ConvNet(nn.Sequential):
             nn.ReLU(),
             nn.Conv2d(8, k * channels, 3, padding=1),
         )
+
+
+class FixedContext(Bijection):
+    """A conditional layer at one fixed context row, so the contract checks it as it checks the
+    others: each context value is a bijection of its own."""
+
+    def __init__(self, layer: Bijection, context: Tensor):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("context", context)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.layer(x, self.context.expand(len(x), -1))
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.layer.inverse(z, self.context.expand(len(z), -1))
+
+
+def spread(x: Tensor) -> Tensor:
+    """Normal draws spread over the spline cases' bound of 1.5: about half of them land in the
+    linear tails, the rest inside the splines."""
+    return 2.5 * x
 
 
 # name -> (builder, event shape[, map from normal draws into the domain]); a builder takes no
@@ -69,6 +92,35 @@ CASES: dict[str, tuple] = {
             lambda c_in, c_out: ConvNet(c_in, c_out // c_in),
         ),
         (4, 3, 3),
+    ),
+    "spline-D4": (
+        lambda: SplineCoupling(
+            torch.tensor([True, False, True, False]), lambda i, o: MLP(i, o, 16, 2), 5, 1.5
+        ),
+        (4,),
+        spread,
+    ),
+    "spline-D3-context": (
+        lambda: FixedContext(
+            SplineCoupling(
+                torch.tensor([True, False, False]),
+                lambda i, o: MLP(i, o, 16, 2),
+                bound=1.5,
+                context_features=2,
+            ),
+            torch.tensor([[0.5, -1.0]]),
+        ),
+        (3,),
+        spread,
+    ),
+    "realnvp-spline-transform": (
+        lambda: (
+            RealNVP(
+                3, num_layers=3, hidden_features=16, coupling="spline", tail_bound=1.5
+            ).transform
+        ),
+        (3,),
+        spread,
     ),
     "additive-D3": (
         lambda: AdditiveCoupling(torch.tensor([True, True, False]), lambda i, o: MLP(i, o, 16, 2)),

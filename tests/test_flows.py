@@ -156,7 +156,7 @@ def test_user_mask_alternates_with_its_complement() -> None:
     [
         ({"features": 1}, "features: Real NVP needs at least 2"),
         ({"features": 2, "num_layers": 0}, "num_layers"),
-        ({"features": 2, "coupling": "spline"}, "coupling"),
+        ({"features": 2, "coupling": "quadratic"}, "coupling"),
         ({"features": 3, "mask": [True, False]}, "shape"),
         ({"features": 2, "mask": [True, True]}, "at least one"),
         ({"features": 2, "activation": "sigmoidish"}, "activation: unknown 'sigmoidish'"),

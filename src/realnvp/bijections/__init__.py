@@ -11,6 +11,7 @@ from realnvp.bijections.masks import (
 )
 from realnvp.bijections.normalization import BatchNorm
 from realnvp.bijections.reshape import FactorOut, Squeeze
+from realnvp.bijections.spline import SplineCoupling, rational_quadratic_spline
 
 __all__ = [
     "AdditiveCoupling",
@@ -22,11 +23,13 @@ __all__ = [
     "Inverse",
     "Logit",
     "Permutation",
+    "SplineCoupling",
     "Squeeze",
     "Standardize",
     "alternating_masks",
     "channel_mask",
     "checkerboard_mask",
     "half_mask",
+    "rational_quadratic_spline",
     "sum_except_batch",
 ]

@@ -14,6 +14,7 @@ from realnvp.bijections import (
     AffineCoupling,
     Bijection,
     Compose,
+    SplineCoupling,
     Standardize,
     alternating_masks,
     half_mask,
@@ -47,7 +48,8 @@ class RealNVP(Flow):
         hidden_features: width of each conditioner's hidden layers.
         num_hidden_layers: depth of each conditioner.
         activation: the conditioners' nonlinearity (see ``realnvp.nn.ACTIVATIONS``).
-        coupling: ``"affine"`` (Real NVP) or ``"additive"`` (NICE).
+        coupling: ``"affine"`` (Real NVP), ``"additive"`` (NICE) or ``"spline"`` (monotonic
+            rational-quadratic splines, Durkan et al. 2019; see ``SplineCoupling``).
         mask: the first layer's mask (True = passed through); later layers alternate it with its
             complement. Default: pass the first ``ceil(D/2)`` features through.
         standardize: put a fixed ``Standardize`` first, set from data by
@@ -68,6 +70,9 @@ class RealNVP(Flow):
             (B, E), shared by all layers and trained with them (None: the context as it is). Its
             output size E is found by running it once on zeros. A custom net is not part of the
             saved config: rebuild the flow with it in Python, then load the weights.
+        bins: K, the bins of each spline coupling's splines (``coupling="spline"`` only).
+        tail_bound: B, each spline covers ``[-B, B]`` and is the identity beyond
+            (``coupling="spline"`` only; the standardized data mostly lie inside).
 
     Example:
         >>> flow = RealNVP(features=2, num_layers=8, hidden_features=128, num_hidden_layers=2)
@@ -101,13 +106,17 @@ class RealNVP(Flow):
         max_scale: float | None = MAX_SCALE,
         context_features: int = 0,
         context_net: nn.Module | None = None,
+        bins: int = 8,
+        tail_bound: float = 5.0,
     ):
         if features < 2:
             raise ConfigError(f"Real NVP needs at least 2 to couple, got {features}", "features")
         if num_layers < 1:
             raise ConfigError(f"must be at least 1, got {num_layers}", "num_layers")
-        if coupling not in ("affine", "additive"):
-            raise ConfigError(f"must be 'affine' or 'additive', got {coupling!r}", "coupling")
+        if coupling not in ("affine", "additive", "spline"):
+            raise ConfigError(
+                f"must be 'affine', 'additive' or 'spline', got {coupling!r}", "coupling"
+            )
         embedded = _embedding_features(context_features, context_net)
         dtype = _dtype(conditioner_dtype)
         first = half_mask(features) if mask is None else validate_mask(torch.as_tensor(mask))
@@ -121,9 +130,9 @@ class RealNVP(Flow):
         layers: list[Bijection] = []
         if standardize:
             layers.append(Standardize(torch.zeros(features), torch.ones(features)))
+        options = {"affine": (scale_init, max_scale), "spline": (bins, tail_bound)}
         for m in alternating_masks(first, num_layers):
-            affine = (scale_init, max_scale) if coupling == "affine" else None
-            layers.append(_coupling(m, conditioner, affine, embedded))
+            layers.append(_coupling(m, conditioner, coupling, options.get(coupling, ()), embedded))
         context_shape = (context_features,) if context_features else None
         super().__init__(Compose(layers), StandardNormal(features), context_shape, context_net)
         c = context_features
@@ -146,6 +155,8 @@ class RealNVP(Flow):
         # only for a conditional flow, so configs of unconditional flows are as before
         self.config.update({"context_features": c} if c else {})
         self.config.update({"context_net": "custom"} if context_net is not None else {})
+        # only for splines, so configs of affine and additive flows are as before
+        self.config.update({"bins": bins, "tail_bound": tail_bound} if coupling == "spline" else {})
 
     @classmethod
     def for_data(cls, x_train: NDArray, context: NDArray | None = None, **options: Any) -> RealNVP:
@@ -227,12 +238,15 @@ class RealNVP(Flow):
 
 
 def _coupling(
-    mask: Tensor, conditioner: Conditioner, affine: tuple[float, float | None] | None, c: int
+    mask: Tensor, conditioner: Conditioner, coupling: str, options: tuple[Any, ...], c: int
 ) -> Bijection:
-    """An affine coupling with ``affine = (scale_init, max_scale)``, else an additive one."""
-    if affine is None:
-        return AdditiveCoupling(mask, conditioner, c)
-    return AffineCoupling(mask, conditioner, *affine, context_features=c)
+    """The coupling called ``coupling``, with its own ``options``: ``(scale_init, max_scale)``
+    for ``"affine"``, ``(bins, tail_bound)`` for ``"spline"``, none for ``"additive"``."""
+    if coupling == "affine":
+        return AffineCoupling(mask, conditioner, *options, context_features=c)
+    if coupling == "spline":
+        return SplineCoupling(mask, conditioner, *options, context_features=c)
+    return AdditiveCoupling(mask, conditioner, c)
 
 
 def _moments(x: NDArray) -> tuple[Tensor, Tensor]:
