@@ -36,6 +36,10 @@ RANK = {
 LAZY = {
     ("__init__.py", "realnvp.estimator"),  # the estimator (and scikit-learn's base) on first use
     ("training/callbacks.py", "torch.utils.tensorboard"),  # tensorboard is optional
+    # pyarrow is optional: it reads Parquet and Feather tables
+    ("data/tabular.py", "pyarrow.compute"),
+    ("data/tabular.py", "pyarrow.feather"),
+    ("data/tabular.py", "pyarrow.parquet"),
 }
 
 
