@@ -13,6 +13,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from realnvp.config import VAL_FRACTION
+from realnvp.data.checks import check_density_table
 from realnvp.errors import ConfigError
 from realnvp.models import RealNVP
 from realnvp.training.loop import evaluate_nll
@@ -26,7 +27,9 @@ class RealNVPDensity(BaseEstimator):
     """Real NVP density estimation with scikit-learn's interface.
 
     ``fit(X)`` standardizes X with its training rows' mean and std (inside the flow, so densities
-    stay in X's units), trains with Adam and keeps the weights of the best validation NLL.
+    stay in X's units), trains with Adam and keeps the weights of the best validation NLL. X with
+    a constant column, or with columns that are linear functions of each other, has no density:
+    ``fit`` refuses it with a ValueError naming the columns.
 
     Args:
         num_layers, hidden_features, num_hidden_layers: the model (see ``RealNVP``).
@@ -86,6 +89,8 @@ class RealNVPDensity(BaseEstimator):
             raise ConfigError(
                 f"Real NVP needs at least 2 features to couple; got {X.shape[1]} feature"
             )
+        names = getattr(self, "feature_names_in_", None)
+        check_density_table(X, "X", None if names is None else list(names), how="of X")
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         fraction = self.val_fraction if len(X) >= 10 else 0.0
         x_train, x_val = split(X, fraction, seed)
