@@ -70,7 +70,7 @@ def check_density_table(
     dependent = [j for j in range(x.shape[1]) if weight[j] > 1e-6 * weight.max()]
     labels = [_label(j, names, numbers) for j in dependent]
     if len(dependent) == 2:
-        r = abs(np.corrcoef(x[:, dependent].T)[0, 1])
+        r = abs(np.corrcoef(z[:, dependent].T)[0, 1])  # z: scaled, so nothing overflows
         raise DataError(
             f"{source}: columns {labels[0]} and {labels[1]} are perfectly collinear "
             f"(|correlation| = {r:.6f}): the density is concentrated on a line; leave one out "
