@@ -13,6 +13,7 @@ import pytest
 from helpers import fails
 from realnvp import RealNVPDensity
 from realnvp.cli import main
+from realnvp.cli.parser import SHOWN_ROWS
 from realnvp.config import VAL_FRACTION
 from realnvp.models import MultiScaleRealNVP, RealNVP
 
@@ -34,16 +35,19 @@ def expected_help() -> dict[str, list[str]]:
     """What each option's help must show, read from the library."""
     table, image = RealNVP.defaults(), MultiScaleRealNVP.defaults()
     t, i = RealNVP.recipe, MultiScaleRealNVP.recipe
+    sized = [(n, RealNVP.defaults_for((n, 4)), RealNVP.recipe_for((n, 4))) for n in SHOWN_ROWS]
     return {
         "--layers": [f"default {table['num_layers']}"],
-        "--hidden": [f"default {table['hidden_features']}"],
+        "--hidden": [f"{m['hidden_features']} for {n:,} rows" for n, m, _ in sized],
         "--hidden-layers": [f"default {table['num_hidden_layers']}"],
         "--channels": [f"default {image['hidden_channels']}"],
         "--blocks": [f"default {image['num_blocks']}"],
         "--steps": [f"default {t.steps}"],
-        "--batch-size": [f"default {t.batch_size} for tables", f"{i.batch_size} for images"],
+        "--batch-size": [f"{r.batch_size} for {n:,} rows" for n, _, r in sized]
+        + [f"{i.batch_size} for images"],
         "--lr": [f"default {t.lr:g}"],
-        "--eval-every": [f"default {t.eval_every}"],
+        "--eval-every": [f"{r.eval_every} for {n:,} rows" for n, _, r in sized]
+        + [f"{i.eval_every} for images"],
         "--patience": [f"default {t.patience}"],
         "--seed": [f"default {t.seed}"],
         "--grad-clip": ["default none for tables", f"{i.grad_clip:g} for images"],
@@ -62,7 +66,9 @@ def test_train_help_shows_the_library_defaults(option: str, capsys) -> None:
 def test_train_help_follows_the_library_when_it_changes(capsys, monkeypatch) -> None:
     """The help is read from the library, not copied: change a recipe and a constructor
     default, and the help changes with them."""
-    monkeypatch.setattr(RealNVP, "recipe", replace(RealNVP.recipe, batch_size=777, lr=0.25))
+    monkeypatch.setattr(RealNVP, "recipe", replace(RealNVP.recipe, lr=0.25))
+    sized = classmethod(lambda cls, shape: replace(cls.recipe, batch_size=777))
+    monkeypatch.setattr(RealNVP, "recipe_for", sized)
     defaults = {**RealNVP.defaults(), "num_layers": 13}
     monkeypatch.setattr(RealNVP, "defaults", classmethod(lambda cls: defaults))
     text = train_help(capsys)
@@ -75,14 +81,17 @@ def saved(run: Path) -> dict:
     return json.loads((run / "model.json").read_text())
 
 
-def test_train_without_options_uses_the_table_defaults(tmp_path: Path) -> None:
+def test_train_without_options_uses_the_table_defaults_for_its_size(tmp_path: Path) -> None:
+    """The model and recipe a table gets are the library's for its training rows: the
+    constructor's defaults where ``defaults_for`` says nothing, ``recipe_for`` its size."""
     run = tmp_path / "run"
     assert main(["train", "moons", "--n", "200", "--steps", "2", "--out", str(run)]) == 0
     config = saved(run)
-    assert config["train"] == replace(RealNVP.recipe, steps=2).to_dict()
+    shape = (200 - round(VAL_FRACTION * 200), 2)
+    assert config["train"] == replace(RealNVP.recipe_for(shape), steps=2).to_dict()
     assert config["data"]["val_fraction"] == VAL_FRACTION
-    defaults = RealNVP.defaults()
-    for name in ("num_layers", "hidden_features", "num_hidden_layers", "scale_init"):
+    defaults = {**RealNVP.defaults(), **RealNVP.defaults_for(shape)}
+    for name in ("num_layers", "hidden_features", "num_hidden_layers", "coupling"):
         assert config["model"][name] == defaults[name], name
 
 

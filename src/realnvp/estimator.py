@@ -32,9 +32,14 @@ class RealNVPDensity(BaseEstimator):
     ``fit`` refuses it with a ValueError naming the columns.
 
     Args:
-        num_layers, hidden_features, num_hidden_layers: the model (see ``RealNVP``).
-        steps, batch_size, lr, patience: the training recipe (see ``TrainConfig``); the rest of
-            ``RealNVP.recipe`` applies as it is.
+        num_layers, hidden_features, num_hidden_layers, coupling: the model (see ``RealNVP``);
+            None (``hidden_features``, ``coupling``): chosen from the training rows' size
+            (``RealNVP.defaults_for``).
+        steps, batch_size, lr, patience: the training recipe (see ``TrainConfig``); None
+            (``batch_size``): chosen from the training rows' size, as is the rest of the recipe
+            (``RealNVP.recipe_for``).
+        dequantize: "auto" finds rounded columns of X (integers, prices, one-decimal values)
+            and trains on them with uniform noise over their step; None takes X as continuous.
         val_fraction: the share of the rows held out for validation (none below 10 rows).
         random_state: seed of the model, the split and the batches.
         device: "cpu", "cuda" or "auto".
@@ -50,10 +55,12 @@ class RealNVPDensity(BaseEstimator):
     def __init__(
         self,
         num_layers: int = _MODEL["num_layers"],
-        hidden_features: int = _MODEL["hidden_features"],
+        hidden_features: int | None = None,
         num_hidden_layers: int = _MODEL["num_hidden_layers"],
+        coupling: str | None = None,
+        dequantize: str | None = "auto",
         steps: int = _RECIPE.steps,
-        batch_size: int = _RECIPE.batch_size,
+        batch_size: int | None = None,
         lr: float = _RECIPE.lr,
         patience: int | None = _RECIPE.patience,
         val_fraction: float = VAL_FRACTION,
@@ -63,6 +70,8 @@ class RealNVPDensity(BaseEstimator):
         self.num_layers = num_layers
         self.hidden_features = hidden_features
         self.num_hidden_layers = num_hidden_layers
+        self.coupling = coupling
+        self.dequantize = dequantize
         self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
@@ -99,12 +108,14 @@ class RealNVPDensity(BaseEstimator):
             "num_layers": self.num_layers,
             "hidden_features": self.hidden_features,
             "num_hidden_layers": self.num_hidden_layers,
+            "coupling": self.coupling,
         }
+        model = {k: v for k, v in model.items() if v is not None}  # None: sized to the data
+        model["dequantize"] = "none" if self.dequantize is None else self.dequantize
+        recipe = {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr}
         config = replace(
-            _RECIPE,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
+            RealNVP.recipe_for(x_train.shape),
+            **{k: v for k, v in recipe.items() if v is not None},
             patience=self.patience,
             seed=seed,
         )

@@ -94,15 +94,7 @@ def rational_quadratic_spline(
     w, h = _gather(xs, k + 1) - x0, _gather(ys, k + 1) - y0
     d0, d1 = _gather(d, k), _gather(d, k + 1)
     s = h / w
-    if inverse:
-        dy = v - y0
-        a = h * (s - d0) + dy * (d0 + d1 - 2 * s)
-        b = h * d0 - dy * (d0 + d1 - 2 * s)
-        c = -s * dy
-        root = torch.sqrt((b * b - 4 * a * c).clamp(min=0))
-        xi = 2 * c / (-b - root)
-    else:
-        xi = (v - x0) / w
+    xi = _inverse_position(v - y0, h, s, d0, d1) if inverse else (v - x0) / w
     t = xi * (1 - xi)
     denominator = s + (d0 + d1 - 2 * s) * t
     out = x0 + xi * w if inverse else y0 + h * (s * xi**2 + d0 * t) / denominator
@@ -111,6 +103,16 @@ def rational_quadratic_spline(
     log_det = log_det - 2 * torch.log(denominator)
     log_det = -log_det if inverse else log_det
     return torch.where(inside, out, x), torch.where(inside, log_det, torch.zeros_like(x))
+
+
+def _inverse_position(dy: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
+    """The position ``xi`` in [0, 1] within its bin of the value ``dy`` above the bin's lower
+    knot: the numerically stable root of the spline's quadratic ``a xi^2 + b xi + c = 0``."""
+    a = h * (s - d0) + dy * (d0 + d1 - 2 * s)
+    b = h * d0 - dy * (d0 + d1 - 2 * s)
+    c = -s * dy
+    root = torch.sqrt((b * b - 4 * a * c).clamp(min=0))
+    return 2 * c / (-b - root)
 
 
 class SplineCoupling(_Coupling):

@@ -23,7 +23,7 @@ import torch
 from realnvp.audit import audit
 from realnvp.cli.contexts import Layout, parse_context, read_contexts
 from realnvp.cli.parser import MODEL_OPTIONS, OPTIONS, TRAIN_OPTIONS, flag, model_options
-from realnvp.config import TrainConfig
+from realnvp.config import VAL_FRACTION, TrainConfig
 from realnvp.data.checks import check_density_table
 from realnvp.data.images import IMAGE_DATASETS, is_image_source, load_images
 from realnvp.data.sources import is_builtin, load_data
@@ -48,6 +48,7 @@ from realnvp.training.runs import (
     resolve_device,
     saved_config,
     saved_settings,
+    train_shape,
 )
 
 
@@ -214,7 +215,8 @@ def _training_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], 
     x, context = layout.split(table)
     names = None if layout.names is None else layout.modelled_names()
     check_density_table(x, args.data, names, layout.numbers())
-    return x, context, {**info, **layout.to_info()}, {"type": RealNVP.kind}
+    info = {**info, **layout.to_info(), **({"modelled": names} if names else {})}
+    return x, context, info, {"type": RealNVP.kind}
 
 
 def _training_layout(args: argparse.Namespace) -> Layout:
@@ -291,8 +293,11 @@ def _train(args: argparse.Namespace) -> int:
         config, model, val_fraction = _resume_settings(args, kind), None, None
     else:
         model = {**model, **_given(args, model_options(kind))}
-        config = replace(kind.recipe, **_given(args, TRAIN_OPTIONS))
         val_fraction = args.val_fraction
+        fraction = VAL_FRACTION if val_fraction is None else val_fraction
+        config = replace(
+            kind.recipe_for(train_shape(x.shape, fraction)), **_given(args, TRAIN_OPTIONS)
+        )
     try:
         flow, history = train_run(
             args.out,
@@ -313,11 +318,11 @@ def _train(args: argparse.Namespace) -> int:
             f"{args.out}: already holds a run; pass --resume to continue it, or choose another "
             "--out"
         ) from None
-    _report(history, flow, args.out)
+    _report(history, flow, args.out, info.get("modelled"))
     return 0
 
 
-def _report(history: History, flow: Flow, out: Path) -> None:
+def _report(history: History, flow: Flow, out: Path, names: list[str] | None = None) -> None:
     if rank() != 0:
         return
     metric, best = flow.metric, "no validation set"
@@ -331,6 +336,20 @@ def _report(history: History, flow: Flow, out: Path) -> None:
         f"trained {history.step[-1] if history.step else 0} steps{processes} in "
         f"{history.seconds:.0f} s; {best}; model in {out}",
         file=sys.stderr,
+    )
+    rounding = getattr(flow, "rounding", None)
+    if rounding:
+        print(_rounding_note(rounding, flow.log_cell, names), file=sys.stderr)
+
+
+def _rounding_note(rounding: list[float], log_cell: float, names: list[str] | None) -> str:
+    """What the run did with rounded columns, for its summary."""
+    names = names or [f"column {j + 1}" for j in range(len(rounding))]
+    cols = ", ".join(f"{n} (step {s:.4g})" for n, s in zip(names, rounding, strict=True) if s)
+    return (
+        f"dequantized rounded columns: {cols}, with uniform noise over each step; NLLs are of "
+        f"the dequantized rows (add {-log_cell:+.4f} for a bound on the rounded rows' NLL; "
+        "--dequantize none to model them as they are)"
     )
 
 

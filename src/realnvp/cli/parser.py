@@ -21,6 +21,10 @@ MODEL_OPTIONS = {
     "num_layers": "layers",
     "hidden_features": "hidden",
     "num_hidden_layers": "hidden_layers",
+    "coupling": "coupling",
+    "bins": "bins",
+    "tail_bound": "tail_bound",
+    "dequantize": "dequantize",
     "num_scales": "scales",
     "hidden_channels": "channels",
     "num_blocks": "blocks",
@@ -129,16 +133,46 @@ def _command(commands, name: str, help: str, example: str) -> argparse.ArgumentP
     )
 
 
+#: table sizes (training rows) the help shows a size-dependent default for
+SHOWN_ROWS = (300, 3_000, 30_000)
+
+
+def _sized(values: list[object], fmt: str = "") -> str:
+    """A default that depends on the table's size, as the help shows it."""
+    shown = ", ".join(
+        f"{format(v, fmt)} for {n:,} rows" for v, n in zip(values, SHOWN_ROWS, strict=True)
+    )
+    return f"from the table's size: {shown}"
+
+
+def _table_default(name: str, fmt: str = "") -> str:
+    """A RealNVP argument's default: the constructor's, or the one ``defaults_for`` picks."""
+    values = [RealNVP.defaults_for((n, 4)).get(name) for n in SHOWN_ROWS]
+    if all(v is None for v in values):
+        return f"default {format(RealNVP.defaults()[name], fmt)}"
+    if len(set(values)) == 1:
+        return f"default {format(values[0], fmt)}"
+    return f"default {_sized(values, fmt)}"
+
+
 def _recipe_default(name: str, fmt: str = "") -> str:
     """A TrainConfig field's default, for tables and images when the two recipes differ."""
-    table, image = getattr(RealNVP.recipe, name), getattr(MultiScaleRealNVP.recipe, name)
+    tables = [getattr(RealNVP.recipe_for((n, 4)), name) for n in SHOWN_ROWS]
+    image = getattr(MultiScaleRealNVP.recipe, name)
 
     def show(value: object) -> str:
         return "none" if value is None else format(value, fmt)
 
-    if table == image:
-        return f"default {show(table)}"
-    return f"default {show(table)} for tables, {show(image)} for images"
+    table = show(tables[0]) if len(set(tables)) == 1 else _sized(tables, fmt)
+    if len(set(tables)) == 1 and tables[0] == image:
+        return f"default {table}"
+    return f"default {table} for tables, {show(image)} for images"
+
+
+def _dequantize(text: str) -> str:
+    if text not in ("auto", "none"):
+        raise argparse.ArgumentTypeError(f"expected auto or none, got {text!r}")
+    return text
 
 
 def _data_options(p: argparse.ArgumentParser, default_seed: int) -> None:
@@ -168,17 +202,40 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     table, image = RealNVP.defaults(), MultiScaleRealNVP.defaults()
     g = p.add_argument_group("tables (RealNVP)")
     g.add_argument(
-        "--layers", type=_positive_int, help=f"coupling layers (default {table['num_layers']})"
+        "--layers", type=_positive_int, help=f"coupling layers ({_table_default('num_layers')})"
     )
     g.add_argument(
         "--hidden",
         type=_positive_int,
-        help=f"conditioner width (default {table['hidden_features']})",
+        help=f"conditioner width ({_table_default('hidden_features')})",
     )
     g.add_argument(
         "--hidden-layers",
         type=_positive_int,
-        help=f"conditioner depth (default {table['num_hidden_layers']})",
+        help=f"conditioner depth ({_table_default('num_hidden_layers')})",
+    )
+    g.add_argument(
+        "--coupling",
+        choices=["affine", "additive", "spline"],
+        help=f"coupling layers' kind ({_table_default('coupling')})",
+    )
+    g.add_argument(
+        "--dequantize",
+        type=_dequantize,
+        metavar="{auto,none}",
+        help="auto: find the rounded columns (integers, prices, one-decimal measurements) and "
+        "dequantize them with uniform noise over their step; none: take every column as "
+        "continuous (default auto)",
+    )
+    g.add_argument(
+        "--bins",
+        type=_positive_int,
+        help=f"spline bins, with --coupling spline (default {table['bins']})",
+    )
+    g.add_argument(
+        "--tail-bound",
+        type=_positive_float,
+        help=f"splines cover [-B, B] of the standardized data (default {table['tail_bound']:g})",
     )
     g = p.add_argument_group("images (MultiScaleRealNVP)")
     g.add_argument(

@@ -109,6 +109,19 @@ class Flow(nn.Module):
         return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
     @classmethod
+    def defaults_for(cls, shape: tuple[int, ...]) -> dict[str, Any]:
+        """The constructor's arguments that depend on the training data's ``shape`` (N, ...),
+        by name; ``for_data`` uses them where its ``options`` say nothing. None here: the
+        constructor's defaults hold for any data."""
+        return {}
+
+    @classmethod
+    def recipe_for(cls, shape: tuple[int, ...]) -> TrainConfig:
+        """The training recipe for training data of ``shape`` (N, ...): ``recipe`` here; a kind
+        whose best recipe depends on the data's size overrides this (``RealNVP``)."""
+        return cls.recipe
+
+    @classmethod
     def for_data(cls, x_train: NDArray, context: NDArray | None = None, **options: Any) -> Flow:
         """A new model for training data ``x_train`` (N, ...) and, for a conditional model, their
         ``context`` (N, ...), its sizes and any statistics taken from the data; ``options`` are

@@ -70,10 +70,14 @@ class Dequantizer:
         self.seed = seed
 
     def __call__(self, x: Tensor, step: int) -> Tensor:
+        return x.to(torch.float32) + self.noise(x, step)
+
+    def noise(self, x: Tensor, step: int) -> Tensor:
+        """Uniform noise on [0, 1) of the shape of ``x``, this rank's share of the step's."""
         g = torch.Generator(device=x.device).manual_seed(self.seed * 1_000_003 + step)
         n, r = collectives.world_size(), collectives.rank()
         noise = torch.rand((len(x) * n, *x.shape[1:]), generator=g, device=x.device)
-        return x.to(torch.float32) + noise[r::n]
+        return noise[r::n]
 
 
 def default_scales(height: int, width: int) -> int:

@@ -150,7 +150,8 @@ class Trainer:
         x_train, x_val: data tensors, (N, ...) each, as ``flow.as_input`` gives them; ``x_val``
             may be None. A conditional flow trains on pairs ``(x, context)`` of tensors with
             the same N, the contexts as ``flow.as_context`` gives them.
-        config: the recipe; default ``flow.recipe``, the model kind's own.
+        config: the recipe; default ``flow.recipe_for(x_train.shape)``, the model kind's own for
+            data of that size.
         callbacks: the outputs (``realnvp.training.callbacks``): called on rank 0 only.
     """
 
@@ -163,8 +164,8 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
     ):
         self.flow = flow
-        self.config = config or flow.recipe
         self.x_train, self.context_train = _pair(x_train, flow.device)
+        self.config = config or flow.recipe_for(tuple(self.x_train.shape))
         self.x_val, self.context_val = (None, None) if x_val is None else _pair(x_val, flow.device)
         self.optimizer = make_optimizer(flow.parameters(), self.config.lr, self.config.weight_decay)
         if self.config.compile:

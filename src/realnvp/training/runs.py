@@ -40,10 +40,18 @@ def split(x: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"must be in [0, 1), got {val_fraction}", "val_fraction")
     perm = np.random.default_rng(seed).permutation(len(x))
-    n_val = round(val_fraction * len(x))
-    if val_fraction > 0:
-        n_val = min(max(n_val, 1), len(x) - 1)
+    n_val = _held_out(len(x), val_fraction)
     return x[perm[n_val:]], x[perm[:n_val]]
+
+
+def _held_out(n: int, val_fraction: float) -> int:
+    """How many of ``n`` rows ``split`` holds out."""
+    return min(max(round(val_fraction * n), 1), n - 1) if val_fraction > 0 else 0
+
+
+def train_shape(shape: tuple[int, ...], val_fraction: float) -> tuple[int, ...]:
+    """The shape of the training rows that ``split`` leaves of data of ``shape``."""
+    return (shape[0] - _held_out(shape[0], val_fraction), *shape[1:])
 
 
 def fingerprint(x: np.ndarray, context: np.ndarray | None = None) -> str:
@@ -188,8 +196,8 @@ def fit_data(
 
     ``model`` holds the constructor's arguments and, for another kind than ``RealNVP``, its
     ``type`` (e.g. ``{"type": "multiscale", "levels": 17}``); sizes and statistics come from
-    ``x_train``. ``config`` defaults to the kind's ``recipe``; ``seed`` seeds torch before the
-    model is built (None: torch's global generator as it stands).
+    ``x_train``. ``config`` defaults to the kind's ``recipe_for(x_train.shape)``; ``seed`` seeds
+    torch before the model is built (None: torch's global generator as it stands).
 
     Example:
         >>> x = np.random.default_rng(0).normal(size=(200, 2))
@@ -228,7 +236,8 @@ def train_run(
     images ``x`` (N, C, H, W) of integer grey levels, which it dequantizes with fresh noise drawn
     from ``(seed, step)`` at each step and, for validation, once with a fixed seed.
 
-    ``config`` defaults to the model kind's ``recipe``; torch is seeded with ``config.seed``
+    ``config`` defaults to the model kind's ``recipe_for`` the training rows' shape; torch is
+    seeded with ``config.seed``
     before the model is built. ``val_fraction`` of the rows (``VAL_FRACTION`` if None) are held
     out for validation, drawn with ``config.seed``. The run writes checkpoints,
     ``metrics.csv``, TensorBoard scalars and ``history.json`` (see
@@ -250,8 +259,8 @@ def train_run(
             f"{run}: already holds a run; resume it, or train into another folder"
         )
     kind = kind_of(model)
-    config = config or kind.recipe
     val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
+    config = config or kind.recipe_for(train_shape(x.shape, val_fraction))
     x_train, x_val = split(x, val_fraction, config.seed)
     c_train, c_val = (None, None) if context is None else split(context, val_fraction, config.seed)
     data = {"rows": len(x), "shape": list(x.shape[1:]), "fingerprint": fingerprint(x, context)}

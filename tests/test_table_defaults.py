@@ -1,0 +1,167 @@
+"""Tables get defaults chosen from their size, and rounded columns are dequantized honestly."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from realnvp.data.rounding import dequantize, rounding_step, rounding_steps
+from realnvp.errors import ConfigError
+from realnvp.models import RealNVP, build_flow
+from realnvp.models.realnvp import table_sizes
+from realnvp.training import fit_data
+from realnvp.training.loop import mean_nll
+from realnvp.training.runs import split, train_shape
+
+ROWS = [50, 300, 1_000, 10_000, 100_000]
+
+
+@pytest.mark.parametrize("small, large", list(itertools.pairwise(ROWS)))
+def test_a_larger_table_never_gets_a_smaller_model_or_batch(small: int, large: int) -> None:
+    (m_small, r_small), (m_large, r_large) = table_sizes(small, 4), table_sizes(large, 4)
+    assert m_small["hidden_features"] <= m_large["hidden_features"]
+    assert r_small["batch_size"] <= r_large["batch_size"]
+
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_an_epoch_holds_at_least_one_evaluation_or_100_steps(rows: int) -> None:
+    """Early stopping must see a small table overfit: validation at least once an epoch."""
+    recipe = RealNVP.recipe_for((rows, 3))
+    assert recipe.batch_size <= max(rows, 32)
+    assert recipe.eval_every <= max(1, rows // recipe.batch_size)
+    assert recipe.eval_every <= 100
+
+
+def test_for_data_takes_the_size_defaults_unless_told_otherwise() -> None:
+    x = np.random.default_rng(0).normal(size=(300, 3))
+    sized = RealNVP.for_data(x)
+    assert sized.config["hidden_features"] == RealNVP.defaults_for(x.shape)["hidden_features"]
+    assert sized.config["coupling"] == RealNVP.defaults_for(x.shape)["coupling"]
+    told = RealNVP.for_data(x, hidden_features=7, coupling="affine")
+    assert told.config["hidden_features"] == 7 and told.config["coupling"] == "affine"
+
+
+def test_train_shape_is_the_shape_split_leaves() -> None:
+    x = np.zeros((1003, 2))
+    for fraction in (0.0, 0.1, 0.25):
+        assert train_shape(x.shape, fraction) == split(x, fraction, 0)[0].shape
+
+
+def test_fit_data_without_a_config_trains_with_the_recipe_for_the_rows() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(240, 2))
+    _, history = fit_data(x[:200], x[200:], {"num_layers": 2}, seed=0)
+    every = RealNVP.recipe_for((200, 2)).eval_every
+    assert every < 100 and history.step[:2] == [every, 2 * every]
+
+
+# -- rounded columns ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "values, step",
+    [
+        ([1, 2, 2, 3, 7], 1.0),
+        ([0.5, 1.0, 1.0, 2.5], 0.5),
+        ([326, 326, 334, 2750, 18823], 1.0),  # prices in dollars
+        ([61.5, 59.8, 59.8, 62.4], 0.1),  # one decimal, inexact in binary
+        ([0.23, 0.21, 0.22, 0.23, 1.01], 0.01),
+        ([10, 20, 20, 50, 1000], 10.0),
+    ],
+)
+def test_a_rounded_column_gets_its_step(values: list[float], step: float) -> None:
+    assert rounding_step(np.array(values, dtype=float)) == pytest.approx(step, rel=1e-12)
+
+
+def test_minutes_recorded_to_the_second_get_a_sixtieth() -> None:
+    seconds = np.random.default_rng(0).integers(100, 300, size=400)
+    minutes = np.round(seconds / 60, 6)  # as printed, to 6 decimals
+    assert rounding_step(minutes) == pytest.approx(1 / 60, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_continuous_column_is_not_rounded(seed: int) -> None:
+    x = np.random.default_rng(seed).normal(size=(2000, 2)) * [1.0, 1e4]
+    assert rounding_steps(x).tolist() == [0.0, 0.0]
+
+
+def test_dequantized_values_stay_in_their_cell() -> None:
+    x = np.array([[1.0, 0.5], [2.0, 0.25]]).repeat(500, axis=0)
+    y = dequantize(x, np.array([1.0, 0.0]), np.random.default_rng(0))
+    assert np.all(np.abs(y[:, 0] - x[:, 0]) <= 0.5) and np.all(y[:, 1] == x[:, 1])
+    assert abs(np.mean(y[:, 0] - x[:, 0])) < 0.03  # centred on the value, not above it
+
+
+def counts(n: int, seed: int) -> np.ndarray:
+    """Two independent integer columns: Poisson(3) and 10 * Binomial(8, 0.4)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.poisson(3, n), 10 * rng.binomial(8, 0.4, n)], axis=1).astype(float)
+
+
+COUNT_ENTROPY = float(stats.poisson(3).entropy() + stats.binom(8, 0.4).entropy())
+
+
+def test_for_data_finds_the_rounded_columns() -> None:
+    x = np.concatenate([counts(500, 0), np.random.default_rng(0).normal(size=(500, 1))], axis=1)
+    flow = RealNVP.for_data(x)
+    assert flow.rounding == [1.0, 10.0, 0.0]
+    assert flow.log_cell == pytest.approx(math.log(10.0))
+    assert RealNVP.for_data(x, dequantize=None).rounding is None
+    again = build_flow(flow.spec)
+    assert again.rounding == flow.rounding
+
+
+def test_a_continuous_table_keeps_its_config_as_before() -> None:
+    flow = RealNVP.for_data(np.random.default_rng(0).normal(size=(500, 2)))
+    assert flow.rounding is None and "dequantize" not in flow.config
+
+
+@pytest.mark.parametrize("bad", [[1.0], [1.0, -1.0], [1.0, float("nan")]])
+def test_bad_steps_are_refused(bad: list[float]) -> None:
+    with pytest.raises(ConfigError, match="dequantize"):
+        RealNVP(features=2, dequantize=bad)
+
+
+def test_training_noise_is_fresh_each_step_and_repeatable() -> None:
+    flow = RealNVP.for_data(counts(500, 0))
+    x = flow.as_input(counts(64, 1))
+    a, b = flow.training_batch(x, 3, 0), flow.training_batch(x, 4, 0)
+    assert torch.equal(a, flow.training_batch(x, 3, 0)) and not torch.equal(a, b)
+    assert bool(((a - x).abs() <= torch.tensor([0.5, 5.0], dtype=x.dtype)).all())
+    assert torch.equal(flow.prepare(counts(64, 1), 7), flow.prepare(counts(64, 1), 7))
+
+
+def test_the_nll_of_rounded_data_cannot_beat_their_entropy() -> None:
+    """Scored on dequantized rows, minus the cells' log-volume (``log_cell``), a flow's NLL
+    bounds the NLL of the integers, so it cannot be below their entropy; trained on them with
+    fresh noise, it comes close to it."""
+    x_train, x_val, x_test = counts(3000, 0), counts(500, 1), counts(4000, 2)
+    flow, _ = fit_data(x_train, x_val, {"num_layers": 4, "hidden_features": 32}, seed=0)
+    nll = mean_nll(flow, flow.prepare(x_test, 5)) - flow.log_cell
+    assert nll >= COUNT_ENTROPY - 0.02  # 4,000 rows: SE of the mean about 0.02
+    assert nll <= COUNT_ENTROPY + 0.15
+
+
+def test_train_says_which_columns_it_dequantized(tmp_path, capsys) -> None:
+    import json
+
+    from realnvp.cli import main
+
+    data = tmp_path / "counts.csv"
+    x = np.c_[counts(300, 0), np.random.default_rng(0).normal(size=300)]
+    data.write_text(
+        "visits,score,width\n" + "".join(f"{a:g},{b:g},{float(c)!r}\n" for a, b, c in x)
+    )
+    run = tmp_path / "run"
+    args = ["train", str(data), "--steps", "3", "--no-progress"]
+    assert main([*args, "--out", str(run)]) == 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "visits (step 1)" in line and "score (step 10)" in line and "width" not in line
+    assert f"add {-math.log(10):+.4f}" in line  # the NLL bound is the NLL minus log 10
+    assert json.loads((run / "model.json").read_text())["model"]["dequantize"] == [1, 10, 0]
+    assert main([*args, "--out", str(tmp_path / "plain"), "--dequantize", "none"]) == 0
+    assert "dequantized" not in capsys.readouterr().err
+    assert "dequantize" not in json.loads((tmp_path / "plain" / "model.json").read_text())["model"]
