@@ -162,6 +162,9 @@ def test_train_says_which_columns_it_dequantized(tmp_path, capsys) -> None:
     assert "visits (step 1)" in line and "score (step 10)" in line and "width" not in line
     assert f"add {-math.log(10):+.4f}" in line  # the NLL bound is the NLL minus log 10
     assert json.loads((run / "model.json").read_text())["model"]["dequantize"] == [1, 10, 0]
+    assert main(["eval", str(run), str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rounded_nll_bound"] == pytest.approx(result["nll"] - math.log(10))
     assert main([*args, "--out", str(tmp_path / "plain"), "--dequantize", "none"]) == 0
     assert "dequantized" not in capsys.readouterr().err
     assert "dequantize" not in json.loads((tmp_path / "plain" / "model.json").read_text())["model"]

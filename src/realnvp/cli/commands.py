@@ -369,6 +369,8 @@ def _eval(args: argparse.Namespace) -> int:
     if metric is not None:
         result[metric.name] = metric.of_nll(result["nll"])
         result[f"{metric.name}_se"] = metric.of_nll(result["nll_se"])
+    if getattr(flow, "rounding", None):  # scored on dequantized rows (flow.prepare)
+        result["rounded_nll_bound"] = result["nll"] - flow.log_cell
     if args.json:
         print(json.dumps(result))
     elif metric is not None:
@@ -377,9 +379,11 @@ def _eval(args: argparse.Namespace) -> int:
             f"(NLL {result['nll']:.2f} {flow.nll_units}, n = {result['n']:,})"
         )
     else:
+        bound = result.get("rounded_nll_bound")
+        rounded = "" if bound is None else f"; dequantized rows, rounded rows' NLL <= {bound:.4f}"
         print(
             f"NLL {result['nll']:.4f} ± {result['nll_se']:.4f} {flow.nll_units} "
-            f"(n = {result['n']:,})"
+            f"(n = {result['n']:,}{rounded})"
         )
     return 0
 
