@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import fails
@@ -113,15 +114,24 @@ def test_an_option_of_the_other_kind_of_model_is_refused(tmp_path: Path, capsys)
 
 
 def test_the_estimator_defaults_are_the_library_defaults() -> None:
+    """Fixed defaults are the constructor's and the recipe's; the sized ones (None) are
+    ``defaults_for`` and ``recipe_for`` the training rows, as for ``realnvp train``."""
     params = RealNVPDensity().get_params()
     defaults, recipe = RealNVP.defaults(), RealNVP.recipe
-    assert {k: params[k] for k in ("num_layers", "hidden_features", "num_hidden_layers")} == {
-        k: defaults[k] for k in ("num_layers", "hidden_features", "num_hidden_layers")
+    assert {k: params[k] for k in ("num_layers", "num_hidden_layers")} == {
+        k: defaults[k] for k in ("num_layers", "num_hidden_layers")
     }
-    assert (params["steps"], params["batch_size"], params["lr"], params["patience"]) == (
+    assert (params["steps"], params["lr"], params["patience"]) == (
         recipe.steps,
-        recipe.batch_size,
         recipe.lr,
         recipe.patience,
     )
+    assert params["hidden_features"] is None and params["batch_size"] is None
+    X = np.random.default_rng(0).normal(size=(400, 3))
+    est = RealNVPDensity(steps=2, random_state=0).fit(X)
+    shape = (400 - round(VAL_FRACTION * 400), 3)
+    for name, value in RealNVP.defaults_for(shape).items():
+        assert est.flow_.config[name] == value, name
+    sized = RealNVP.recipe_for(shape)
+    assert (est.history_.step[0], est.history_.step[-1]) == (min(sized.eval_every, 2), 2)
     assert params["val_fraction"] == VAL_FRACTION

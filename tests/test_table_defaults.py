@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
+from helpers import randomize
 from realnvp.data.rounding import dequantize, rounding_step, rounding_steps
 from realnvp.errors import ConfigError
 from realnvp.models import RealNVP, build_flow
@@ -168,3 +169,43 @@ def test_train_says_which_columns_it_dequantized(tmp_path, capsys) -> None:
     assert main([*args, "--out", str(tmp_path / "plain"), "--dequantize", "none"]) == 0
     assert "dequantized" not in capsys.readouterr().err
     assert "dequantize" not in json.loads((tmp_path / "plain" / "model.json").read_text())["model"]
+
+
+# -- rolling masks -----------------------------------------------------------------------------
+def test_rolling_masks_split_every_pair_of_features_and_alternating_ones_do_not() -> None:
+    def split_pairs(flow: RealNVP) -> set[tuple[int, int]]:
+        return {
+            (i, j)
+            for layer in flow.couplings
+            for i in range(5)
+            for j in range(5)
+            if bool(layer.mask[i]) and not bool(layer.mask[j])
+        }
+
+    every = {(i, j) for i in range(5) for j in range(5) if i != j}
+    assert split_pairs(RealNVP(5, num_layers=8, masks="rolling")) == every
+    assert (0, 1) not in split_pairs(RealNVP(5, num_layers=8))
+
+
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
+def test_a_rolling_flow_is_exact(coupling: str) -> None:
+    torch.manual_seed(0)
+    flow = randomize(
+        RealNVP(5, num_layers=6, hidden_features=16, coupling=coupling, masks="rolling")
+    )
+    flow = flow.double()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    z, log_det = flow.transform(x)
+    assert torch.allclose(flow.transform.inverse(z)[0], x, atol=1e-10)
+    jac = torch.stack(
+        [torch.autograd.functional.jacobian(lambda r: flow.transform(r[None])[0][0], r) for r in x]
+    )
+    assert torch.allclose(log_det, torch.linalg.slogdet(jac)[1], atol=1e-10)
+    again = build_flow(flow.spec)
+    assert again.config["masks"] == "rolling"
+    assert [m.mask.tolist() for m in again.couplings] == [m.mask.tolist() for m in flow.couplings]
+
+
+def test_masks_are_checked() -> None:
+    with pytest.raises(ConfigError, match="masks"):
+        RealNVP(3, masks="random")

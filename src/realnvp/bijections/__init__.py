@@ -8,6 +8,7 @@ from realnvp.bijections.masks import (
     channel_mask,
     checkerboard_mask,
     half_mask,
+    rolling_masks,
 )
 from realnvp.bijections.normalization import BatchNorm
 from realnvp.bijections.reshape import FactorOut, Squeeze
@@ -31,5 +32,6 @@ __all__ = [
     "checkerboard_mask",
     "half_mask",
     "rational_quadratic_spline",
+    "rolling_masks",
     "sum_except_batch",
 ]

@@ -34,6 +34,21 @@ def alternating_masks(first: Tensor, num_layers: int) -> list[Tensor]:
     return [first if i % 2 == 0 else ~first for i in range(num_layers)]
 
 
+def rolling_masks(first: Tensor, num_layers: int) -> list[Tensor]:
+    """Masks for ``num_layers`` couplings that alternate like ``alternating_masks`` but roll
+    the pair by one feature every two layers: ``first``, ``~first``, ``roll(first, 1)``,
+    ``~roll(first, 1)``, ... With alternating halves two features of the same half never
+    condition on each other; rolled, every pair of features is split by some layer.
+
+    Example:
+        >>> [m.int().tolist() for m in rolling_masks(half_mask(4), 4)]
+        [[1, 1, 0, 0], [0, 0, 1, 1], [0, 1, 1, 0], [1, 0, 0, 1]]
+    """
+    first = validate_mask(first)
+    rolled = [torch.roll(first, i // 2, dims=0) for i in range(num_layers)]
+    return [m if i % 2 == 0 else ~m for i, m in enumerate(rolled)]
+
+
 def validate_mask(mask: Tensor) -> Tensor:
     """Check a user's mask: boolean, with at least one kept and one transformed entry."""
     mask = torch.as_tensor(mask)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 from realnvp import __version__
 from realnvp.audit import MAX_POINTS
@@ -25,6 +26,7 @@ MODEL_OPTIONS = {
     "bins": "bins",
     "tail_bound": "tail_bound",
     "dequantize": "dequantize",
+    "masks": "masks",
     "num_scales": "scales",
     "hidden_channels": "channels",
     "num_blocks": "blocks",
@@ -147,12 +149,14 @@ def _sized(values: list[object], fmt: str = "") -> str:
 
 def _table_default(name: str, fmt: str = "") -> str:
     """A RealNVP argument's default: the constructor's, or the one ``defaults_for`` picks."""
-    values = [RealNVP.defaults_for((n, 4)).get(name) for n in SHOWN_ROWS]
-    if all(v is None for v in values):
-        return f"default {format(RealNVP.defaults()[name], fmt)}"
-    if len(set(values)) == 1:
-        return f"default {format(values[0], fmt)}"
-    return f"default {_sized(values, fmt)}"
+    constructor = RealNVP.defaults()[name]
+    values = [RealNVP.defaults_for((n, 4)).get(name, constructor) for n in SHOWN_ROWS]
+    two = RealNVP.defaults_for((SHOWN_ROWS[1], 2)).get(name, constructor)
+    if len(set(values)) > 1:
+        return f"default {_sized(values, fmt)}"
+    if two != values[0]:
+        return f"default {format(values[0], fmt)}; {format(two, fmt)} for 2 columns"
+    return f"default {format(values[0], fmt)}"
 
 
 def _recipe_default(name: str, fmt: str = "") -> str:
@@ -198,6 +202,19 @@ def _data_options(p: argparse.ArgumentParser, default_seed: int) -> None:
     )
 
 
+def _spline_options(g: argparse._ArgumentGroup, table: dict[str, Any]) -> None:
+    g.add_argument(
+        "--bins",
+        type=_positive_int,
+        help=f"spline bins, with --coupling spline (default {table['bins']})",
+    )
+    g.add_argument(
+        "--tail-bound",
+        type=_positive_float,
+        help=f"splines cover [-B, B] of the standardized data (default {table['tail_bound']:g})",
+    )
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     table, image = RealNVP.defaults(), MultiScaleRealNVP.defaults()
     g = p.add_argument_group("tables (RealNVP)")
@@ -220,6 +237,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         help=f"coupling layers' kind ({_table_default('coupling')})",
     )
     g.add_argument(
+        "--masks",
+        choices=["alternate", "rolling"],
+        help="alternate: the same halves of the columns take turns; rolling: the halves roll by "
+        f"one column every two layers ({_table_default('masks')})",
+    )
+    g.add_argument(
         "--dequantize",
         type=_dequantize,
         metavar="{auto,none}",
@@ -227,16 +250,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "dequantize them with uniform noise over their step; none: take every column as "
         "continuous (default auto)",
     )
-    g.add_argument(
-        "--bins",
-        type=_positive_int,
-        help=f"spline bins, with --coupling spline (default {table['bins']})",
-    )
-    g.add_argument(
-        "--tail-bound",
-        type=_positive_float,
-        help=f"splines cover [-B, B] of the standardized data (default {table['tail_bound']:g})",
-    )
+    _spline_options(g, table)
     g = p.add_argument_group("images (MultiScaleRealNVP)")
     g.add_argument(
         "--scales",

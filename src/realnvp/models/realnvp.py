@@ -20,6 +20,7 @@ from realnvp.bijections import (
     Standardize,
     alternating_masks,
     half_mask,
+    rolling_masks,
 )
 from realnvp.bijections.coupling import MAX_SCALE, SCALE_INIT, Conditioner
 from realnvp.bijections.masks import validate_mask
@@ -57,6 +58,9 @@ class RealNVP(Flow):
             rational-quadratic splines, Durkan et al. 2019; see ``SplineCoupling``).
         mask: the first layer's mask (True = passed through); later layers alternate it with its
             complement. Default: pass the first ``ceil(D/2)`` features through.
+        masks: ``"alternate"``: ``mask``, its complement, ``mask``, ...; ``"rolling"``: the
+            same pair rolled by one feature every two layers, so that every two features
+            condition on each other somewhere (see ``rolling_masks``).
         standardize: put a fixed ``Standardize`` first, set from data by
             ``set_standardization``, so the flow trains on standardized values and ``log_prob``
             is a density in the data's own units.
@@ -78,6 +82,9 @@ class RealNVP(Flow):
         bins: K, the bins of each spline coupling's splines (``coupling="spline"`` only).
         tail_bound: B, each spline covers ``[-B, B]`` and is the identity beyond
             (``coupling="spline"`` only; the standardized data mostly lie inside).
+        dequantize: each column's rounding step (0: continuous; None: no column rounded):
+            training batches get fresh uniform noise over each step (``training_batch``), rows
+            to score a fixed draw of it (``prepare``); see ``realnvp.data.rounding``.
 
     Example:
         >>> flow = RealNVP(features=2, num_layers=8, hidden_features=128, num_hidden_layers=2)
@@ -114,13 +121,12 @@ class RealNVP(Flow):
         bins: int = 8,
         tail_bound: float = 5.0,
         dequantize: list[float] | None = None,
+        masks: str = "alternate",
     ):
-        _check_arguments(features, num_layers, coupling)
+        _check_arguments(features, num_layers, coupling, masks)
         embedded = _embedding_features(context_features, context_net)
         dtype = _dtype(conditioner_dtype)
-        first = half_mask(features) if mask is None else validate_mask(torch.as_tensor(mask))
-        if first.shape != (features,):
-            raise ConfigError(f"must have shape ({features},), got {tuple(first.shape)}", "mask")
+        first = _first_mask(mask, features)
 
         def conditioner(in_features: int, out_features: int) -> MLP:
             sizes = (in_features, out_features, hidden_features, num_hidden_layers)
@@ -130,7 +136,8 @@ class RealNVP(Flow):
         if standardize:
             layers.append(Standardize(torch.zeros(features), torch.ones(features)))
         options = {"affine": (scale_init, max_scale), "spline": (bins, tail_bound)}
-        for m in alternating_masks(first, num_layers):
+        schedule = rolling_masks if masks == "rolling" else alternating_masks
+        for m in schedule(first, num_layers):
             layers.append(_coupling(m, conditioner, coupling, options.get(coupling, ()), embedded))
         context_shape = (context_features,) if context_features else None
         super().__init__(Compose(layers), StandardNormal(features), context_shape, context_net)
@@ -153,8 +160,9 @@ class RealNVP(Flow):
         }
         #: each column's rounding step (0: continuous), or None when no column is rounded
         self.rounding = _rounding(dequantize, features)
-        spline = {"bins": bins, "tail_bound": tail_bound} if coupling == "spline" else None
-        self.config.update(_optional_config(c, context_net, spline, self.rounding))
+        extra = {"bins": bins, "tail_bound": tail_bound} if coupling == "spline" else {}
+        extra.update({"masks": masks} if masks != "alternate" else {})
+        self.config.update(_optional_config(c, context_net, extra, self.rounding))
 
     @classmethod
     def for_data(cls, x_train: NDArray, context: NDArray | None = None, **options: Any) -> RealNVP:
@@ -292,21 +300,19 @@ def _coupling(
     return AdditiveCoupling(mask, conditioner, c)
 
 
-#: below this many training rows a table's default couplings are splines, from it affine
-SPLINE_ROWS = 10_000
-
-
 def table_sizes(rows: int, features: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The defaults for a table of ``rows`` training rows and ``features`` columns, chosen by
-    the table's size alone (never per data set): the model's arguments and the recipe's.
+    the table's size alone (never per data set): the model's arguments and the recipe's. They
+    were chosen on ``benchmarks/tables.py`` (see its results).
 
-    - Coupling: rational-quadratic splines below ``SPLINE_ROWS`` training rows, affine
-      couplings from there. On the small tables of ``benchmarks/tables.py`` (190 to 2,700
-      training rows) splines were ahead by 0.03 to 0.7 nats per row; on its known-density
-      table (11,200 rows) affine couplings were ahead by about 0.03.
+    - Coupling: rational-quadratic splines. On the real tables of the benchmark (190 to 37,758
+      training rows) they were ahead of affine couplings by 0.03 to 1.5 nats per row; on its
+      known-density table (11,200 rows) behind by about 0.03.
+    - Masks: rolling for more than 2 columns, so every two columns condition on each other in
+      some layer (0.3 to 0.35 nats per row better on the benchmark's 5- and 7-column tables).
     - Width: ``2 sqrt(rows)`` rounded to a power of two, from 32 to 128, so the number of
       parameters grows with the rows: a table of 300 rows gets 32 hidden units, one of 3,000
-      rows 128 (where 256 did no better on the known-density table).
+      rows 128.
     - Batches of an eighth of the rows (32 to 512), so a small table still takes several steps
       an epoch; validation once an epoch (at most every 100 steps), so early stopping sees a
       small table's overfitting when it starts.
@@ -314,37 +320,51 @@ def table_sizes(rows: int, features: int) -> tuple[dict[str, Any], dict[str, Any
     Example:
         >>> table_sizes(300, 2)
         ({'coupling': 'spline', 'hidden_features': 32}, {'batch_size': 37, 'eval_every': 8})
-        >>> table_sizes(50_000, 7)
-        ({'coupling': 'affine', 'hidden_features': 128}, {'batch_size': 512, 'eval_every': 97})
+        >>> model, recipe = table_sizes(50_000, 7)
+        >>> model
+        {'coupling': 'spline', 'hidden_features': 128, 'masks': 'rolling'}
+        >>> recipe
+        {'batch_size': 512, 'eval_every': 97}
     """
     hidden = int(min(128, max(32, 2 ** round(math.log2(2 * math.sqrt(max(rows, 1)))))))
     batch = int(min(512, max(32, rows // 8)))
     per_epoch = max(1, rows // batch)
-    model = {"coupling": "spline" if rows < SPLINE_ROWS else "affine", "hidden_features": hidden}
+    model = {"coupling": "spline", "hidden_features": hidden}
+    model.update({"masks": "rolling"} if features > 2 else {})
     return model, {"batch_size": batch, "eval_every": min(100, per_epoch)}
 
 
-def _check_arguments(features: int, num_layers: int, coupling: str) -> None:
+def _first_mask(mask: Tensor | list[bool] | None, features: int) -> Tensor:
+    first = half_mask(features) if mask is None else validate_mask(torch.as_tensor(mask))
+    if first.shape != (features,):
+        raise ConfigError(f"must have shape ({features},), got {tuple(first.shape)}", "mask")
+    return first
+
+
+def _check_arguments(features: int, num_layers: int, coupling: str, masks: str) -> None:
     if features < 2:
         raise ConfigError(f"Real NVP needs at least 2 to couple, got {features}", "features")
     if num_layers < 1:
         raise ConfigError(f"must be at least 1, got {num_layers}", "num_layers")
     if coupling not in ("affine", "additive", "spline"):
         raise ConfigError(f"must be 'affine', 'additive' or 'spline', got {coupling!r}", "coupling")
+    if masks not in ("alternate", "rolling"):
+        raise ConfigError(f"must be 'alternate' or 'rolling', got {masks!r}", "masks")
 
 
 def _optional_config(
     context_features: int,
     context_net: nn.Module | None,
-    spline: dict[str, Any] | None,
+    extra: dict[str, Any],
     rounding: list[float] | None,
 ) -> dict[str, Any]:
     """The config entries only some flows have, so that the configs of the others (and their
     saved runs) stay as they were: a conditional flow's context size (and "custom" for a
-    context_net of its own), a spline's bins and tail bound, a table's rounding steps."""
+    context_net of its own), ``extra`` (a spline's bins and tail bound, rolling masks), a
+    table's rounding steps."""
     out: dict[str, Any] = {"context_features": context_features} if context_features else {}
     out.update({"context_net": "custom"} if context_net is not None else {})
-    out.update(spline or {})
+    out.update(extra)
     out.update({"dequantize": rounding} if rounding else {})
     return out
 
