@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 import torch
 from scipy import stats
 
-from helpers import randomize
+from helpers import fails, randomize
+from realnvp.cli import main
 from realnvp.data.rounding import dequantize, rounding_step, rounding_steps
 from realnvp.errors import ConfigError
 from realnvp.models import RealNVP, build_flow
@@ -75,6 +77,17 @@ def test_fit_data_without_a_config_trains_with_the_recipe_for_the_rows() -> None
 )
 def test_a_rounded_column_gets_its_step(values: list[float], step: float) -> None:
     assert rounding_step(np.array(values, dtype=float)) == pytest.approx(step, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "offset, step",
+    [(1.7e9, 1.0), (1.7e12, 1.0), (1e9, 0.01), (5e8, 0.1), (-1e6, 0.5)],
+)
+def test_a_large_offset_does_not_coarsen_the_step(offset: float, step: float) -> None:
+    """Epoch seconds and the like: the step is the rounding, not a multiple of it that float
+    rounding at 1e9 lets through (whole seconds read as steps of 2.5 before)."""
+    k = np.random.default_rng(0).integers(0, 5000, size=300)
+    assert rounding_step(offset + np.repeat(k, 2) * step) == pytest.approx(step, rel=1e-6)
 
 
 def test_minutes_recorded_to_the_second_get_a_sixtieth() -> None:
@@ -147,10 +160,6 @@ def test_the_nll_of_rounded_data_cannot_beat_their_entropy() -> None:
 
 
 def test_train_says_which_columns_it_dequantized(tmp_path, capsys) -> None:
-    import json
-
-    from realnvp.cli import main
-
     data = tmp_path / "counts.csv"
     x = np.c_[counts(300, 0), np.random.default_rng(0).normal(size=300)]
     data.write_text(
@@ -209,3 +218,52 @@ def test_a_rolling_flow_is_exact(coupling: str) -> None:
 def test_masks_are_checked() -> None:
     with pytest.raises(ConfigError, match="masks"):
         RealNVP(3, masks="random")
+
+
+def test_a_run_resumes_with_its_own_command_repeated(tmp_path, capsys) -> None:
+    """The words a command gave (auto, none, alternate) match the settings they resolved to."""
+    data = tmp_path / "counts.csv"
+    x = np.c_[counts(300, 0), np.random.default_rng(0).normal(size=300)]
+    data.write_text("".join(f"{a:g},{b:g},{float(c)!r}\n" for a, b, c in x))
+    for how, masks in (("auto", "rolling"), ("none", "alternate")):
+        run = str(tmp_path / how)
+        args = ["train", str(data), "--steps", "3", "--no-progress", "--out", run]
+        args += ["--dequantize", how, "--masks", masks]
+        assert main(args) == 0
+        assert main([*args, "--resume"]) == 0
+    auto = ["train", str(data), "--steps", "3", "--no-progress", "--out", str(tmp_path / "auto")]
+    capsys.readouterr()
+    line = fails([*auto, "--resume", "--dequantize", "none"], capsys)
+    assert "dequantizing" in line and "--dequantize none" in line
+
+
+def test_spline_options_without_splines_are_refused(tmp_path, capsys) -> None:
+    args = ["train", "moons", "--n", "100", "--steps", "1", "--out", str(tmp_path / "r")]
+    line = fails([*args, "--coupling", "affine", "--bins", "4"], capsys)
+    assert "--bins" in line and "--coupling affine" in line
+
+
+def test_rows_to_score_get_the_same_noise_on_every_process(monkeypatch) -> None:
+    """Validation and eval rows are dequantized from the seed alone, so every process of a
+    torchrun job (and a run resumed on another number of them) scores the same numbers."""
+    from realnvp import collectives
+
+    flow = RealNVP.for_data(counts(500, 0))
+    alone = flow.prepare(counts(64, 1), 7)
+    monkeypatch.setattr(collectives, "world_size", lambda: 2)
+    monkeypatch.setattr(collectives, "rank", lambda: 1)
+    assert torch.equal(flow.prepare(counts(64, 1), 7), alone)
+
+
+def test_encode_then_decode_gives_back_the_rows_of_a_dequantizing_run(tmp_path, capsys) -> None:
+    """encode and score work on the rows as given: decode(encode(x)) is x, and a row's score
+    is the same each time (eval's NLL is the one of dequantized rows)."""
+    data = tmp_path / "counts.csv"
+    data.write_text("".join(f"{a:g},{b:g}\n" for a, b in counts(300, 0)))
+    run = str(tmp_path / "run")
+    assert main(["train", str(data), "--steps", "3", "--no-progress", "--out", run]) == 0
+    z, x = tmp_path / "z.csv", tmp_path / "x.csv"
+    assert main(["encode", run, str(data), "-o", str(z)]) == 0
+    assert main(["decode", run, str(z), "-o", str(x)]) == 0
+    back = np.loadtxt(x, delimiter=",", skiprows=1)
+    assert np.allclose(back, counts(300, 0), atol=1e-4)

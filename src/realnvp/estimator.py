@@ -34,7 +34,7 @@ class RealNVPDensity(BaseEstimator):
     Args:
         num_layers, hidden_features, num_hidden_layers, coupling: the model (see ``RealNVP``);
             None (``hidden_features``, ``coupling``): chosen from the training rows' size
-            (``RealNVP.defaults_for``).
+            (``RealNVP.defaults_for``; the conditional estimator keeps the constructor's).
         steps, batch_size, lr, patience: the training recipe (see ``TrainConfig``); None
             (``batch_size``): chosen from the training rows' size, as is the rest of the recipe
             (``RealNVP.recipe_for``).

@@ -153,8 +153,8 @@ class SplineCoupling(_Coupling):
     ):
         if torch.as_tensor(mask).dim() != 1:
             raise ConfigError("takes a 1-D mask (vectors); images need another coupling", "mask")
-        if not bins >= 2:
-            raise ConfigError(f"must be at least 2, got {bins}", "bins")
+        if not 2 <= bins < 1 / MIN_BIN:  # each bin takes at least MIN_BIN of the width
+            raise ConfigError(f"must be from 2 to {round(1 / MIN_BIN) - 1}, got {bins}", "bins")
         if not bound > 0:
             raise ConfigError(f"must be positive, got {bound}", "bound")
         self.params_per_feature = 3 * bins - 1  # the base sizes the conditioner with it

@@ -126,12 +126,13 @@ def _examples(
     seed: int,
     min_rows: int = 1,
     layout: Layout | None = None,
+    as_given: bool = False,
 ) -> tuple[torch.Tensor, np.ndarray | None]:
-    """The examples of ``spec`` as the model scores them (``flow.prepare``) and, for a
-    conditional model, their contexts: the rows of a table, read into the run's ``layout`` (a
-    value that overflows the model, after its standardization, is refused naming its row and
-    column) or the test split of an image set (dequantized with ``seed``; its labels for a
-    class-conditional model)."""
+    """The examples of ``spec`` as the model scores them (``flow.prepare``; ``as_given``: as
+    they are, ``flow.as_input``) and, for a conditional model, their contexts: the rows of a
+    table, read into the run's ``layout`` (a value that overflows the model, after its
+    standardization, is refused naming its row and column) or the test split of an image set
+    (dequantized with ``seed``; its labels for a class-conditional model)."""
     levels, context = None, None
     if layout is not None:
         representable = _representable(flow, layout)
@@ -147,7 +148,7 @@ def _examples(
         problem = flow.context_mismatch(context)
     if problem is not None:
         raise DataError(f"{spec}: {problem}")
-    return flow.prepare(x, seed), context
+    return (flow.as_input(x) if as_given else flow.prepare(x, seed)), context
 
 
 def _representable(flow: Flow, layout: Layout):
@@ -253,13 +254,27 @@ def _check_model_options(args: argparse.Namespace, kind: type[Flow]) -> None:
             f"{', '.join(given)}: not an option of {kind.__name__}, the model for {args.data}; "
             f"its options are {own}"
         )
+    spline = [flag(d) for d in ("bins", "tail_bound") if getattr(args, d, None) is not None]
+    if spline and getattr(args, "coupling", None) not in (None, "spline"):
+        raise UsageError(
+            f"{', '.join(spline)}: shape spline couplings, not --coupling {args.coupling}"
+        )
 
 
 def _resume_settings(args: argparse.Namespace, kind: type[Flow]) -> TrainConfig:
     """The recipe of the run being resumed; any option given must repeat its saved value."""
     saved = saved_settings(args.out)
+    # a saved config leaves out arguments at their constructor defaults (masks, dequantize)
+    saved["model"] = {**kind.defaults(), **saved["model"]}
+    model = _given(args, model_options(kind))
+    if model.pop("dequantize", "auto") == "none" and saved["model"]["dequantize"]:
+        raise UsageError(
+            f"{args.out}: was started dequantizing its rounded columns, not with --dequantize "
+            "none; a resumed run keeps its settings (leave the option out, or start a new run "
+            "with another --out)"
+        )  # "auto" finds the saved steps again: the data are checked to be the same
     given = {
-        "model": _given(args, model_options(kind)),
+        "model": model,
         "train": _given(args, TRAIN_OPTIONS),
         "data": _given(args, {"val_fraction": "val_fraction"}),
     }
@@ -407,8 +422,8 @@ def _transform(args: argparse.Namespace) -> int:
     layout = _layout(config, flow)
     if args.command == "decode":
         x, context = _latents(args, args.data, flow, layout)
-    else:
-        x, context = _examples(args, args.data, flow, args.data_seed, layout=layout)
+    else:  # each row's density and code at the row itself, not at a dequantized draw of it
+        x, context = _examples(args, args.data, flow, args.data_seed, layout=layout, as_given=True)
     with torch.inference_mode():
         if args.command == "score":
             out = flow.log_prob(x, context)[:, None]

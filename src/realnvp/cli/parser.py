@@ -217,7 +217,12 @@ def _spline_options(g: argparse._ArgumentGroup, table: dict[str, Any]) -> None:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     table, image = RealNVP.defaults(), MultiScaleRealNVP.defaults()
-    g = p.add_argument_group("tables (RealNVP)")
+    g = p.add_argument_group(
+        "tables (RealNVP)",
+        "defaults 'from the table's size' apply to an unconditional table; a --context run "
+        f"keeps the constructor's ({table['coupling']} couplings, width "
+        f"{table['hidden_features']}, {table['masks']} masks)",
+    )
     g.add_argument(
         "--layers", type=_positive_int, help=f"coupling layers ({_table_default('num_layers')})"
     )

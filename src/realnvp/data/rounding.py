@@ -43,16 +43,30 @@ def rounding_step(column: NDArray) -> float:
     values = np.unique(column)
     if len(values) > TIES * len(column) or len(values) < 2:
         return 0.0
-    return max(_decimal_step(values), _grid_step(values))
+    printed = _decimal_step(values)  # the grid the values are printed on, if any
+    step = max(printed, _grid_step(values))
+    # a cell is never wider than the smallest gap, give or take the printing's rounding
+    return step if step <= _widest_cell(values) + printed else 0.0
+
+
+def _widest_cell(values: NDArray) -> float:
+    """The smallest gap between the sorted distinct ``values``, up to the rounding of their
+    printing (a thousandth of it, as ``_grid_step`` allows) and of float64: a rounding cell
+    is never wider."""
+    return np.diff(values).min() * (1 + 1e-3) + 8 * np.spacing(np.abs(values).max())
 
 
 def _decimal_step(values: NDArray) -> float:
     """The coarsest of ``STEPS`` that every value is a whole multiple of, else 0."""
+    widest = _widest_cell(values)
     for step in STEPS:
+        if step > widest:
+            continue
         ratio = values / step
-        # a value printed with a few decimals is a whole multiple of its step up to rounding
-        # error in the ratio, a few ulps of it
-        tol = 1e-9 * np.maximum(1.0, np.abs(ratio))
+        # a value printed with a few decimals is a whole multiple of its step up to the
+        # rounding of float64, a few ulps of the ratio (not more: at 1e9 a looser tolerance
+        # would take whole seconds for multiples of 2.5)
+        tol = 1e-12 * np.maximum(1.0, np.abs(ratio))
         if np.all(np.abs(ratio - np.round(ratio)) <= tol):
             return step
     return 0.0

@@ -210,18 +210,23 @@ class RealNVP(Flow):
 
     def prepare(self, x: NDArray | Tensor, seed: int = 0) -> Tensor:
         """Rows to score: the rounded columns dequantized once with noise drawn from ``seed``
-        (the rest as they are)."""
+        alone (the same on every process of a torchrun job; the rest as they are)."""
         x = self.as_input(x)
-        return x if self.rounding is None else self._dequantize(x, Dequantizer(seed), 0)
+        if self.rounding is None:
+            return x
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        return self._dequantize(x, torch.rand(x.shape, generator=g, device=x.device))
 
     def training_batch(self, x: Tensor, step: int, seed: int) -> Tensor:
         """A training batch with fresh noise over each rounded column's step, drawn from
-        ``(seed, step)``: ``x + step_j * (u - 1/2)``."""
-        return x if self.rounding is None else self._dequantize(x, Dequantizer(seed), step)
+        ``(seed, step)``: ``x + step_j * (u - 1/2)`` (see ``Dequantizer``)."""
+        if self.rounding is None:
+            return x
+        return self._dequantize(x, Dequantizer(seed).noise(x, step))
 
-    def _dequantize(self, x: Tensor, noise: Dequantizer, step: int) -> Tensor:
+    def _dequantize(self, x: Tensor, u: Tensor) -> Tensor:
         steps = torch.tensor(self.rounding, dtype=x.dtype, device=x.device)
-        return x + steps * (noise.noise(x, step).to(x.dtype) - 0.5)
+        return x + steps * (u.to(x.dtype) - 0.5)
 
     @property
     def log_cell(self) -> float:
@@ -310,9 +315,9 @@ def table_sizes(rows: int, features: int) -> tuple[dict[str, Any], dict[str, Any
       known-density table (11,200 rows) behind by about 0.03.
     - Masks: rolling for more than 2 columns, so every two columns condition on each other in
       some layer (0.3 to 0.35 nats per row better on the benchmark's 5- and 7-column tables).
-    - Width: ``2 sqrt(rows)`` rounded to a power of two, from 32 to 128, so the number of
+    - Width: ``2 sqrt(rows)`` rounded to a power of two, from 32 to 256, so the number of
       parameters grows with the rows: a table of 300 rows gets 32 hidden units, one of 3,000
-      rows 128.
+      rows 128, one of 10,000 rows 256.
     - Batches of an eighth of the rows (32 to 512), so a small table still takes several steps
       an epoch; validation once an epoch (at most every 100 steps), so early stopping sees a
       small table's overfitting when it starts.
@@ -322,11 +327,11 @@ def table_sizes(rows: int, features: int) -> tuple[dict[str, Any], dict[str, Any
         ({'coupling': 'spline', 'hidden_features': 32}, {'batch_size': 37, 'eval_every': 8})
         >>> model, recipe = table_sizes(50_000, 7)
         >>> model
-        {'coupling': 'spline', 'hidden_features': 128, 'masks': 'rolling'}
+        {'coupling': 'spline', 'hidden_features': 256, 'masks': 'rolling'}
         >>> recipe
         {'batch_size': 512, 'eval_every': 97}
     """
-    hidden = int(min(128, max(32, 2 ** round(math.log2(2 * math.sqrt(max(rows, 1)))))))
+    hidden = int(min(256, max(32, 2 ** round(math.log2(2 * math.sqrt(max(rows, 1)))))))
     batch = int(min(512, max(32, rows // 8)))
     per_epoch = max(1, rows // batch)
     model = {"coupling": "spline", "hidden_features": hidden}
