@@ -121,7 +121,9 @@ def test_the_coupling_sizes_its_conditioner_for_3k_minus_1_numbers_per_feature()
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"bins": 1}, "bins: must be at least 2"),
+        ({"bins": 1}, "bins: must be from 2 to 999"),
+        # each bin takes at least MIN_BIN of the width: 1,000 bins would leave a negative rest
+        ({"bins": 1000}, "bins: must be from 2 to 999"),
         ({"bound": 0.0}, "bound: must be positive"),
         ({"mask": torch.ones(2, 2, 2, dtype=torch.bool).tril()}, "mask: takes a 1-D mask"),
     ],
