@@ -75,12 +75,12 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from records import log, versions
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
@@ -346,26 +346,6 @@ MODELS = ["realnvp", "realnvp_spline", "zuko_realnvp", "zuko_nsf"]
 
 
 # -- running and reporting ---------------------------------------------------------------------
-def versions() -> dict[str, str | None]:
-    """The versions of everything that can change the numbers (realnvp's from the package
-    itself: an editable install's metadata can be stale)."""
-    import realnvp
-
-    out: dict[str, str | None] = {"torch": torch.__version__, "python": platform.python_version()}
-    out["realnvp"] = realnvp.__version__
-    for name in ("zuko", "numpy", "scipy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def log(out: Path | None, record: dict) -> None:
-    print(json.dumps(record), flush=True)
-    if out is not None:
-        with open(out, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 def run(models: list[str], seeds: list[int], steps: int, out: Path | None) -> None:
@@ -401,7 +381,7 @@ def run(models: list[str], seeds: list[int], steps: int, out: Path | None) -> No
                 "threads": torch.get_num_threads(),
                 "machine": platform.machine(),
                 "time": time.strftime("%Y-%m-%d %H:%M"),
-                **versions(),
+                **versions("zuko", "numpy", "scipy"),
             }
             log(out, record)
 

@@ -138,13 +138,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from records import log, versions
 from sbibm_tasks import (
     NUM_OBSERVATIONS,
     TASKS,
@@ -663,32 +663,6 @@ def simulations(task: Task, n: int, rng: np.random.Generator) -> tuple[NDArray, 
     return theta, task.simulate(theta, rng)
 
 
-def versions() -> dict[str, str | None]:
-    """The versions of everything that can change the numbers (realnvp's from the package
-    itself: an editable install's metadata can be stale)."""
-    import realnvp
-
-    out: dict[str, str | None] = {
-        "torch": torch.__version__,
-        "realnvp": realnvp.__version__,
-        "python": platform.python_version(),
-    }
-    for name in ("zuko", "nflows", "scikit-learn", "numpy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def log(out: Path | None, record: dict) -> None:
-    """Print the record and append it to ``out`` as one JSON line."""
-    print(json.dumps(record), flush=True)
-    if out is not None:
-        with open(out, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 def run_one(
     task: Task,
     budget: int,
@@ -784,7 +758,7 @@ def run_one(
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "time": time.strftime("%Y-%m-%d %H:%M"),
-        "versions": versions(),
+        "versions": versions("zuko", "nflows", "scikit-learn", "numpy"),
     }
 
 

