@@ -132,7 +132,6 @@ import math
 import platform
 import statistics
 import time
-import warnings
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -150,6 +149,7 @@ from sbibm_tasks import (
     TASKS,
     BoxUniformTask,
     Task,
+    c2st,
     observation,
     reference_samples,
 )
@@ -554,50 +554,9 @@ def c2st_score(
     n_folds: int = 5,
     n_jobs: int = 1,
 ) -> float:
-    """sbibm's C2ST, ``sbibm_tasks.c2st`` line for line (``a`` the reference samples, z-scored
-    with ``a``'s mean and std, float32, an ``MLPClassifier`` with two hidden ReLU layers of
-    ``10 * dim``, adam, ``max_iter=10000``, 5 shuffled folds, the mean test accuracy), with
-    two additions:
-
-    - ``fast``: the classifier's early stopping on (``early_stopping=True,
-      validation_fraction=0.1, n_iter_no_change=10``): each fold's classifier holds out 10% of
-      its training rows and stops after 10 epochs without a better accuracy on them, keeping
-      the best weights; sbibm's stops only when the training loss stalls.
-    - ``n_jobs``: the folds are fitted in that many worker processes (scikit-learn's
-      ``cross_val_score(n_jobs=...)``, one BLAS thread each); each fold's classifier is seeded
-      the same way, so the score is the same (up to BLAS rounding).
-    """
-    from sklearn.model_selection import KFold, cross_val_score
-    from sklearn.neural_network import MLPClassifier
-
-    x = torch.as_tensor(a, dtype=torch.float32)
-    y = torch.as_tensor(b, dtype=torch.float32)
-    mean, std = torch.mean(x, dim=0), torch.std(x, dim=0)
-    xn, yn = ((x - mean) / std).numpy(), ((y - mean) / std).numpy()
-    ndim = xn.shape[1]
-    stopping = {"early_stopping": True, "validation_fraction": 0.1, "n_iter_no_change": 10}
-    clf = MLPClassifier(
-        activation="relu",
-        hidden_layer_sizes=(10 * ndim, 10 * ndim),
-        max_iter=10000,
-        solver="adam",
-        random_state=seed,
-        **(stopping if fast else {}),
-    )
-    data = np.concatenate((xn, yn))
-    target = np.concatenate((np.zeros((xn.shape[0],)), np.ones((yn.shape[0],))))
-    folds = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    jobs = max(1, min(n_jobs, n_folds))
-    try:
-        scores = cross_val_score(clf, data, target, cv=folds, scoring="accuracy", n_jobs=jobs)
-    except (OSError, RuntimeError, ImportError) as error:  # no worker processes: one at a time
-        if jobs == 1:
-            raise
-        warnings.warn(
-            f"C2ST in {jobs} processes failed ({error}); fitting the folds in turn", stacklevel=2
-        )
-        scores = cross_val_score(clf, data, target, cv=folds, scoring="accuracy")
-    return float(np.asarray(np.mean(scores)).astype(np.float32))
+    """sbibm's C2ST (``sbibm_tasks.c2st``, ``a`` the reference samples), early-stopped when
+    ``fast``, its folds in ``n_jobs`` processes."""
+    return c2st(a, b, seed, n_folds, fast=fast, n_jobs=n_jobs)
 
 
 def c2st_method(method: str, ref: NDArray, draws: NDArray, n_jobs: int = 1) -> float:
