@@ -239,7 +239,7 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Pa
         trainer.fit()
     from realnvp.training.checkpoint import load_training_state
 
-    _, _, state, _ = load_training_state(tmp_path)
+    _, _, state, _, _ = load_training_state(tmp_path)
     assert state["step"] == 30 and saved and max(saved) <= 30
 
 

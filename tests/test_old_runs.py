@@ -29,7 +29,7 @@ def test_an_old_run_loads_as_its_kind(name: str) -> None:
     flow, config = load_model(OLD / name)
     assert type(flow) is KINDS[name]
     assert "type" not in config["model"] or config["model"]["type"] == flow.kind
-    state_flow, _, state, best = load_training_state(OLD / name)
+    state_flow, _, state, best, _ = load_training_state(OLD / name)
     assert type(state_flow) is KINDS[name] and best is not None and state["step"] > 0
 
 

@@ -27,6 +27,11 @@ class TrainConfig:
     multiplies in bf16, the coupling arithmetic and log-dets in float32); evaluation stays float32.
     ``compile``: ``flow.compile()`` before training (torch.compile; faster steps after a one-off
     compilation).
+    ``ema``: the decay of an exponential moving average of the weights (Polyak averaging), or
+    None for none. With it, validation, early stopping, checkpoints and the trained model use
+    the averaged weights; the optimizer steps the raw ones. The decay warms up as
+    ``min(ema, (1 + t) / (10 + t))`` at step t, so early averages do not cling to the
+    initialisation.
     """
 
     steps: int = 5000
@@ -41,6 +46,7 @@ class TrainConfig:
     eval_every: int = 100
     patience: int | None = 20
     seed: int = 0
+    ema: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every"):
@@ -52,6 +58,8 @@ class TrainConfig:
             raise ConfigError(f"must be 'cosine' or 'constant', got {self.schedule!r}", "schedule")
         if self.scale_l2 < 0:
             raise ConfigError(f"must be non-negative, got {self.scale_l2}", "scale_l2")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"must be in (0, 1), or None for no averaging, got {self.ema}", "ema")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"must be at least 1, got {self.patience}", "patience")
 

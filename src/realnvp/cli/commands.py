@@ -244,6 +244,14 @@ def _given(args: argparse.Namespace, options: dict[str, str]) -> dict[str, Any]:
     return {name: v for name, v in values.items() if v is not None and v is not False}
 
 
+def _given_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The training options the user set, as TrainConfig takes them (``--ema 0``: None)."""
+    given = _given(args, TRAIN_OPTIONS)
+    if given.get("ema") == 0:
+        given["ema"] = None
+    return given
+
+
 def _check_model_options(args: argparse.Namespace, kind: type[Flow]) -> None:
     """Refuse a model option that the data's kind of model does not take (--layers for images)."""
     foreign = [dest for name, dest in MODEL_OPTIONS.items() if name not in kind.defaults()]
@@ -273,9 +281,14 @@ def _resume_settings(args: argparse.Namespace, kind: type[Flow]) -> TrainConfig:
             "none; a resumed run keeps its settings (leave the option out, or start a new run "
             "with another --out)"
         )  # "auto" finds the saved steps again: the data are checked to be the same
+    if args.ema == 0 and saved["train"].get("ema") is not None:
+        raise UsageError(
+            f"{args.out}: was started with --ema {saved['train']['ema']:g}, not 0; a resumed "
+            "run keeps its settings (leave the option out, or start a new run with another --out)"
+        )
     given = {
         "model": model,
-        "train": _given(args, TRAIN_OPTIONS),
+        "train": _given_recipe(args),
         "data": _given(args, {"val_fraction": "val_fraction"}),
     }
     try:
@@ -310,9 +323,7 @@ def _train(args: argparse.Namespace) -> int:
         model = {**model, **_given(args, model_options(kind))}
         val_fraction = args.val_fraction
         fraction = VAL_FRACTION if val_fraction is None else val_fraction
-        config = replace(
-            kind.recipe_for(train_shape(x.shape, fraction)), **_given(args, TRAIN_OPTIONS)
-        )
+        config = replace(kind.recipe_for(train_shape(x.shape, fraction)), **_given_recipe(args))
     try:
         flow, history = train_run(
             args.out,

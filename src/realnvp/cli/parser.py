@@ -43,6 +43,7 @@ TRAIN_OPTIONS = {
     "scale_l2": "l2",
     "bf16": "bf16",
     "compile": "compile",
+    "ema": "ema",
 }
 #: every library parameter a command-line option sets, and that option's destination
 OPTIONS = {
@@ -101,6 +102,13 @@ def _positive_float(text: str) -> float:
     value = _number(text)
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _decay(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), 0 for no averaging, got {text}")
     return value
 
 
@@ -309,6 +317,13 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
         type=_non_negative_float,
         help="L2 on the log-scale bounds and weight-norm magnitudes "
         f"({_recipe_default('scale_l2', 'g')})",
+    )
+    g.add_argument(
+        "--ema",
+        type=_decay,
+        metavar="DECAY",
+        help="validate and keep a moving average of the weights with this decay (Polyak "
+        f"averaging); 0 for none ({_recipe_default('ema', 'g')})",
     )
     g.add_argument(
         "--bf16",

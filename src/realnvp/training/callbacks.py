@@ -125,7 +125,8 @@ class Checkpoint(Callback):
     included) at every evaluation, then ``model.safetensors``/``model.json`` when the
     validation NLL improves, and while none is finite yet, so a folder with a model always holds
     a training state; at the end, the model files hold the best weights (or the last ones,
-    without a finite validation NLL).
+    without a finite validation NLL). With ``ema`` in the recipe, the model files hold the
+    moving average of the weights, the one validated.
 
     ``info``: the run's settings (data fingerprint, split, recipe), kept in both files."""
 
@@ -135,9 +136,12 @@ class Checkpoint(Callback):
 
     def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
         state = {**trainer.state(), "run": self.info}
-        save_training_state(self.run, trainer.flow, trainer.optimizer, state, trainer.best_state)
+        save_training_state(
+            self.run, trainer.flow, trainer.optimizer, state, trainer.best_state, trainer.average
+        )
         if evaluation.improved or trainer.best_state is None:
-            save_model(self.run, trainer.flow, self.info)
+            with trainer.evaluated_weights():  # the moving average, with config.ema
+                save_model(self.run, trainer.flow, self.info)
 
     def on_end(self, trainer: Trainer) -> None:
         save_model(self.run, trainer.flow, self.info)

@@ -152,13 +152,17 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     best: dict[str, Tensor] | None = None,
+    average: dict[str, Tensor] | None = None,
 ) -> None:
     """Everything ``--resume`` needs, in one file written at once: the weights, the best weights
-    so far (``best``, if any), the optimizer moments, and the JSON ``state`` (step, scheduler,
+    so far (``best``, if any), the moving average of the parameters (``average``, when the
+    recipe has ``ema``), the optimizer moments, and the JSON ``state`` (step, scheduler,
     history, recipe, the run's settings)."""
     tensors = {f"model.{k}": v for k, v in flow.state_dict().items()}
     if best is not None:
         tensors.update({f"best.{k}": v for k, v in best.items()})
+    if average is not None:
+        tensors.update({f"average.{k}": v for k, v in average.items()})
     opt = optimizer.state_dict()
     for index, slots in opt["state"].items():
         for name, value in slots.items():
@@ -173,9 +177,12 @@ STATE_KEYS = ("step", "bad_evals", "history", "scheduler", "config")
 
 def load_training_state(
     run: Path,
-) -> tuple[Flow, dict[str, Any], dict[str, Any], dict[str, Tensor] | None]:
-    """The flow, the optimizer's state_dict, the JSON state and the best weights (None if no
-    validation NLL was finite yet) saved by ``save_training_state``; every part checked."""
+) -> tuple[
+    Flow, dict[str, Any], dict[str, Any], dict[str, Tensor] | None, dict[str, Tensor] | None
+]:
+    """The flow, the optimizer's state_dict, the JSON state, the best weights (None if no
+    validation NLL was finite yet) and the moving average of the parameters (None without
+    ``ema``) saved by ``save_training_state``; every part checked."""
     path = Path(run) / TRAINING_STATE
     tensors, meta = _load_tensors(path)
     _require(meta, ["model", "param_groups", "state"], path, "the metadata")
@@ -185,7 +192,7 @@ def load_training_state(
         isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
     ):
         raise CheckpointError(f"{path}: damaged checkpoint (bad optimizer param_groups)")
-    parts: dict[str, dict[str, Tensor]] = {"model.": {}, "best.": {}}
+    parts: dict[str, dict[str, Tensor]] = {"model.": {}, "best.": {}, "average.": {}}
     slots: dict[int, dict[str, Tensor]] = {}
     for key, value in tensors.items():
         prefix = key[: key.find(".") + 1]
@@ -200,7 +207,17 @@ def load_training_state(
     best = parts["best."] or None
     if best is not None:
         _check_weights(flow, best, path)
+    average = parts["average."] or None
+    if average is not None:
+        _check_average(flow, average, path)
     indices = {i for g in groups for i in g["params"]}
     if slots and (not set(slots) <= indices or len({frozenset(v) for v in slots.values()}) != 1):
         raise CheckpointError(f"{path}: damaged checkpoint (optimizer state of other parameters)")
-    return flow, {"state": slots, "param_groups": groups}, state, best
+    return flow, {"state": slots, "param_groups": groups}, state, best, average
+
+
+def _check_average(flow: Flow, average: dict[str, Tensor], path: Path) -> None:
+    """Refuse a moving average that is not one tensor of the right shape per parameter."""
+    shapes = {k: tuple(p.shape) for k, p in flow.named_parameters()}
+    if {k: tuple(v.shape) for k, v in average.items()} != shapes:
+        raise CheckpointError(f"{path}: damaged checkpoint (a moving average of other weights)")

@@ -11,6 +11,7 @@ import copy
 import math
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -183,6 +184,12 @@ class Trainer:
         self.step = 0
         self.bad_evals = 0
         self.best_state: dict[str, Tensor] | None = None
+        # the moving average of the parameters (config.ema), by parameter name
+        self.average: dict[str, Tensor] | None = (
+            None
+            if self.config.ema is None
+            else {k: p.detach().clone() for k, p in flow.named_parameters()}
+        )
 
     # -- resuming -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -196,9 +203,24 @@ class Trainer:
         }
 
     def load_state(
-        self, state: dict[str, Any], optimizer_state: dict, best: dict[str, Tensor] | None
+        self,
+        state: dict[str, Any],
+        optimizer_state: dict,
+        best: dict[str, Tensor] | None,
+        average: dict[str, Tensor] | None = None,
     ) -> None:
-        """Continue from a saved state; the flow must already hold the saved weights."""
+        """Continue from a saved state; the flow must already hold the saved weights, and
+        ``average`` the saved moving average when ``config.ema`` is set."""
+        if (average is None) != (self.average is None):
+            raise ValueError(
+                "the saved state has no moving average of the weights"
+                if average is None
+                else "the saved state has a moving average but the recipe has no ema"
+            )
+        if average is not None and self.average is not None:
+            if set(average) != set(self.average):
+                raise ValueError("the saved moving average is of other parameters")
+            self.average = {k: average[k].to(v) for k, v in self.average.items()}
         self.step = state["step"]
         self.bad_evals = state["bad_evals"]
         self.history = History(**state["history"])
@@ -254,6 +276,8 @@ class Trainer:
         self.history.seconds = time.perf_counter() - start
         if self.best_state is not None:
             flow.load_state_dict(self.best_state)
+        elif self.average is not None:
+            self._put(self.average)  # no validation: the average is the trained model
         self._call("on_end")
         return self.history
 
@@ -275,8 +299,43 @@ class Trainer:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
+        if self.average is not None:
+            self._update_average()
         self.step += 1
         return loss.item()
+
+    # -- the moving average of the weights (config.ema) -------------------------------------
+    def _update_average(self) -> None:
+        """``average <- d average + (1 - d) weights`` with ``d = min(ema, (1 + t) / (10 + t))``
+        at step t (counted before this one), a function of the step alone so resume is exact."""
+        assert self.average is not None and self.config.ema is not None
+        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
+        params = dict(self.flow.named_parameters())
+        with torch.no_grad():
+            torch._foreach_lerp_(
+                list(self.average.values()), [params[k] for k in self.average], 1 - decay
+            )
+
+    def _put(self, weights: dict[str, Tensor]) -> None:
+        params = dict(self.flow.named_parameters())
+        with torch.no_grad():
+            for k, value in weights.items():
+                params[k].copy_(value)
+
+    @contextmanager
+    def evaluated_weights(self) -> Iterator[None]:
+        """Within the block the flow holds the weights that evaluation scores and checkpoints
+        keep: the moving average when ``config.ema`` is set (the trained weights are put back
+        after it), else the trained weights as they are."""
+        if self.average is None:
+            yield
+            return
+        live = {k: p.detach().clone() for k, p in self.flow.named_parameters()}
+        self._put(self.average)
+        try:
+            yield
+        finally:
+            self._put(live)
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -301,11 +360,13 @@ class Trainer:
         h, config = self.history, self.config
         val_nll, improved = None, False
         if self.x_val is not None:
-            val_nll = mean_nll(self.flow, self.x_val, self.context_val)
-            if val_nll < h.best_val_nll:  # False for NaN: a NaN is never the best
+            with self.evaluated_weights():
+                val_nll = mean_nll(self.flow, self.x_val, self.context_val)
+                improved = val_nll < h.best_val_nll  # False for NaN: a NaN is never the best
+                if improved:
+                    self.best_state = copy.deepcopy(self.flow.state_dict())
+            if improved:
                 h.best_val_nll, h.best_step, self.bad_evals = val_nll, self.step, 0
-                self.best_state = copy.deepcopy(self.flow.state_dict())
-                improved = True
             else:
                 self.bad_evals += 1
                 if config.patience is not None and self.bad_evals >= config.patience:

@@ -81,7 +81,7 @@ def saved_settings(run: Path) -> dict[str, Any]:
     """What a run was started with, from ``run/last.safetensors`` alone: ``model`` (the model's
     ``spec``: its type and constructor arguments), ``train`` (TrainConfig's fields) and ``data``
     (source, fingerprint, validation fraction)."""
-    flow, _, state, _ = _load_state(run)
+    flow, _, state, _, _ = _load_state(run)
     return _settings(run, flow, state)
 
 
@@ -278,7 +278,7 @@ def train_run(
 def _resume(
     run, x, context, model, config, val_fraction, device, progress, callbacks
 ) -> tuple[Flow, History]:
-    flow, optimizer_state, state, best = _load_state(run)
+    flow, optimizer_state, state, best, average = _load_state(run)
     given = {
         "model": model or {},
         "train": {} if config is None else config.to_dict(),
@@ -307,6 +307,7 @@ def _resume(
             state,
             optimizer_state,
             None if best is None else {k: v.to(device) for k, v in best.items()},
+            average,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{run}: damaged training state ({error})") from None
