@@ -22,7 +22,7 @@ PAPER_10K = {
     "gaussian_linear": [0.565, 0.531, 0.534, 0.592, 0.523, 0.532, 0.534, 0.620, 0.534, 0.558],
     "slcp": [0.944, 0.938, 0.799, 0.916, 0.849, 0.883, 0.950, 0.898, 0.932, 0.897],
 }
-ESTIMATORS = ["realnvp", "zuko_nsf", "zuko_maf", "nflows_maf"]
+ESTIMATORS = ["realnvp", "realnvp_spline", "zuko_nsf", "zuko_maf", "nflows_maf"]
 
 
 def main(path: str) -> None:
@@ -32,7 +32,7 @@ def main(path: str) -> None:
         if record.get("kind") == "run" and record["budget"] == 10_000:
             runs[(record["task"], record["estimator"])] = record
     print("| task (C2ST) | " + " | ".join(ESTIMATORS) + " | sbibm paper NPE-NSF, same obs. |")
-    print("|---|---|---|---|---|---|")
+    print("|---|" + "---|" * (len(ESTIMATORS) + 1))
     for task, paper in PAPER_10K.items():
         cells, method, observations = [], "", []
         for name in ESTIMATORS:
@@ -47,7 +47,7 @@ def main(path: str) -> None:
         print(f"| {task} ({method}) | " + " | ".join(cells) + f" | {anchor} |")
     print()
     print("| task | " + " | ".join(f"{name} calib. err." for name in ESTIMATORS) + " |")
-    print("|---|---|---|---|---|")
+    print("|---|" + "---|" * len(ESTIMATORS))
     for task in PAPER_10K:
         errors = [runs.get((task, name), {}).get("calibration_error") for name in ESTIMATORS]
         print(f"| {task} | " + " | ".join("-" if e is None else f"{e:.3f}" for e in errors) + " |")
