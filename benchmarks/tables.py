@@ -38,9 +38,9 @@ The models:
   rows;
 - ``zuko_maf`` and ``zuko_nsf``: ``zuko.flows.MAF(features=D)`` and ``NSF(features=D)``, zuko's
   defaults (3 transforms, hidden 64-64), on standardized float32 columns, trained by the same
-  loop as realnvp's default recipe (Adam, the recipe's learning rate, cosine schedule, batch and
-  steps, validation every 100 steps, the recipe's early-stopping patience, best validation
-  weights kept).
+  loop as realnvp's default recipe (Adam, the recipe's learning rate, weight decay, cosine
+  schedule, batch and steps, validation passes and early-stopping patience, and the same moving
+  average of the weights validated and kept, best validation weights kept).
 Standardizing is affine, so each baseline's log-density is moved back to the data's units by
 ``- sum log std``.
 
@@ -280,6 +280,9 @@ def fit_zuko(x_train: NDArray, x_val: NDArray, kind: str) -> Fitted:
     opt = make_optimizer(flow.parameters(), recipe.lr, recipe.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
     batches = batch_indices(len(xt), recipe.batch_size, 0)
+    params = list(flow.parameters())
+    # the recipe's moving average of the weights, as realnvp's Trainer keeps it
+    average = None if recipe.ema is None else [p.detach().clone() for p in params]
     best, best_step, best_state, since = math.inf, 0, None, 0
     step = 0
     for step in range(1, recipe.steps + 1):
@@ -288,11 +291,22 @@ def fit_zuko(x_train: NDArray, x_val: NDArray, kind: str) -> Fitted:
         loss.backward()
         opt.step()
         sched.step()
-        if step % recipe.eval_every == 0 or step == recipe.steps:
+        if average is not None:
             with torch.no_grad():
+                decay = min(recipe.ema, step / (9 + step))  # (1 + t) / (10 + t), t = step - 1
+                torch._foreach_lerp_(average, params, 1 - decay)
+        if step % recipe.eval_every == 0 or step == recipe.steps:
+            live = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, a in zip(params, average or live, strict=True):
+                    p.copy_(a)
                 val = -flow().log_prob(xv).mean().item()
+            state = copy.deepcopy(flow.state_dict())
+            with torch.no_grad():
+                for p, w in zip(params, live, strict=True):
+                    p.copy_(w)
             if val < best:
-                best, best_step, best_state, since = val, step, copy.deepcopy(flow.state_dict()), 0
+                best, best_step, best_state, since = val, step, state, 0
             else:
                 since += 1
                 if recipe.patience is not None and since >= recipe.patience:
