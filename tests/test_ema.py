@@ -126,8 +126,8 @@ def test_ema_must_be_a_decay() -> None:
 def test_tables_average_by_default_and_the_shell_can_turn_it_off(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A table's recipe averages (0.99); ``--ema 0`` trains without; ``--ema 1`` is refused in
-    one line."""
+    """A table's recipe averages the weights and decays them; ``--ema 0 --weight-decay 0``
+    trains without either; ``--ema 1`` is refused in one line."""
     from realnvp.cli import main
 
     assert RealNVP.recipe_for((1000, 3)).ema == 0.995
@@ -135,10 +135,14 @@ def test_tables_average_by_default_and_the_shell_can_turn_it_off(
     np.save(data, rows(300))
     common = ["--steps", "4", "--eval-every", "2", "--layers", "2", "--hidden", "8"]
     common += ["--no-progress"]
-    assert main(["train", str(data), "--out", str(tmp_path / "off"), "--ema", "0", *common]) == 0
+    off = ["--ema", "0", "--weight-decay", "0"]  # 0.2's recipe
+    assert main(["train", str(data), "--out", str(tmp_path / "off"), *off, *common]) == 0
     assert main(["train", str(data), "--out", str(tmp_path / "on"), *common]) == 0
-    assert load_training_state(tmp_path / "off")[4] is None
-    assert load_training_state(tmp_path / "on")[4] is not None
+    _, _, state, _, average = load_training_state(tmp_path / "off")
+    assert average is None and state["config"]["ema"] is None
+    assert state["config"]["weight_decay"] == 0
+    _, _, state, _, average = load_training_state(tmp_path / "on")
+    assert average is not None and state["config"]["weight_decay"] == 3e-3
     capsys.readouterr()
     bad = ["train", str(data), "--out", str(tmp_path / "bad"), "--ema", "1", *common]
     line = fails(bad, capsys)

@@ -36,6 +36,7 @@ TRAIN_OPTIONS = {
     "steps": "steps",
     "batch_size": "batch_size",
     "lr": "lr",
+    "weight_decay": "weight_decay",
     "eval_every": "eval_every",
     "patience": "patience",
     "seed": "seed",
@@ -290,6 +291,11 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=_positive_int, help=_recipe_default("batch_size"))
     g.add_argument(
         "--lr", type=_positive_float, help=f"Adam learning rate ({_recipe_default('lr', 'g')})"
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        help=f"Adam's L2 weight decay ({_recipe_default('weight_decay', 'g')})",
     )
     g.add_argument(
         "--eval-every",
