@@ -38,6 +38,22 @@ class StopAt(Callback):
             raise StopAt.Stop
 
 
+def full_and_resumed(
+    tmp_path, x, model: dict, config, at: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The saved models of a run trained straight through and of the same run stopped after
+    its checkpoint at step ``at`` and resumed (``train_run`` in ``tmp_path``), as state dicts."""
+    from realnvp.training.checkpoint import load_model
+    from realnvp.training.runs import train_run
+
+    train_run(tmp_path / "full", x, model, config, device="cpu")
+    with pytest.raises(StopAt.Stop):
+        train_run(tmp_path / "cut", x, model, config, device="cpu", callbacks=[StopAt(at)])
+    train_run(tmp_path / "cut", x, model, config, resume=True, device="cpu")
+    full = load_model(tmp_path / "full")[0].state_dict()
+    return full, load_model(tmp_path / "cut")[0].state_dict()
+
+
 def fails(args: list[str], capsys: pytest.CaptureFixture[str], code: int = 2) -> str:
     """Run the command line, check it failed cleanly with ``code``, and return its one line of
     stderr."""

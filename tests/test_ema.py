@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import StopAt, fails
+from helpers import fails, full_and_resumed
 from realnvp import RealNVP
 from realnvp.config import TrainConfig
 from realnvp.errors import ConfigError
@@ -89,12 +89,7 @@ def test_resume_carries_the_average_exactly(tmp_path: Path) -> None:
     x = rows()
     model = {"num_layers": 2, "hidden_features": 8}
     config = TrainConfig(steps=40, batch_size=64, eval_every=10, patience=None, ema=0.95)
-    train_run(tmp_path / "full", x, model, config, device="cpu")
-    with pytest.raises(StopAt.Stop):
-        train_run(tmp_path / "cut", x, model, config, device="cpu", callbacks=[StopAt(20)])
-    train_run(tmp_path / "cut", x, model, config, resume=True, device="cpu")
-    full = load_model(tmp_path / "full")[0].state_dict()
-    resumed = load_model(tmp_path / "cut")[0].state_dict()
+    full, resumed = full_and_resumed(tmp_path, x, model, config, at=20)
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
 

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import StopAt, fails
+from helpers import fails, full_and_resumed
 from realnvp.cli import main
 from realnvp.data.images import digits
 from realnvp.training import TrainConfig
 from realnvp.training.checkpoint import load_model
-from realnvp.training.runs import train_run
 
 TINY = ["--scales", "2", "--channels", "4", "--blocks", "1", "--eval-every", "10"]
 
@@ -101,13 +100,7 @@ def test_image_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     x = digits().train[:256]
     model = {"type": "multiscale", "levels": 17, "hidden_channels": 4, "num_blocks": 1}
     config = TrainConfig(steps=40, batch_size=32, eval_every=10, grad_clip=100.0, scale_l2=5e-5)
-    train_run(tmp_path / "full", x, model, config, device="cpu")
-    with pytest.raises(StopAt.Stop):
-        train_run(tmp_path / "cut", x, model, config, device="cpu", callbacks=[StopAt(20)])
-    train_run(tmp_path / "cut", x, model, config, resume=True, device="cpu")
-
-    full = load_model(tmp_path / "full")[0].state_dict()
-    resumed = load_model(tmp_path / "cut")[0].state_dict()
+    full, resumed = full_and_resumed(tmp_path, x, model, config, at=20)
     assert full.keys() == resumed.keys()
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
