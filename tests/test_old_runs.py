@@ -20,8 +20,12 @@ KINDS = {"table": RealNVP, "image": MultiScaleRealNVP}
 # that wrote them the figures come back bit for bit), and a few training steps carry that on
 REL = {"table": 1e-6, "image": 1e-5}
 TRAIN_REL = {"table": 1e-5, "image": 1e-4}
-# 0.3.0 chose a table's coupling and batch from its size; 0.1.0's fixed ones, given again
-OLD_DEFAULTS = {"table": ["--coupling", "affine", "--batch-size", "512"], "image": []}
+# 0.3.0 chose a table's coupling and batch from its size and regularizes it (moving average,
+# weight decay); 0.1.0's fixed settings, given again
+OLD_DEFAULTS = {
+    "table": ["--coupling", "affine", "--batch-size", "512", "--ema", "0", "--weight-decay", "0"],
+    "image": [],
+}
 
 
 @pytest.mark.parametrize("name", KINDS)
