@@ -313,6 +313,10 @@ def fit_zuko(x_train: NDArray, x_val: NDArray, kind: str) -> Fitted:
                     break
     if best_state is not None:
         flow.load_state_dict(best_state)
+    elif average is not None:  # no finite validation NLL: the average, as realnvp's Trainer
+        with torch.no_grad():
+            for p, a in zip(params, average, strict=True):
+                p.copy_(a)
 
     @torch.no_grad()
     def log_prob(x: NDArray) -> NDArray:

@@ -142,3 +142,38 @@ def test_tables_average_by_default_and_the_shell_can_turn_it_off(
     bad = ["train", str(data), "--out", str(tmp_path / "bad"), "--ema", "1", *common]
     line = fails(bad, capsys)
     assert "--ema" in line and "[0, 1)" in line
+
+
+def test_resume_refuses_another_ema_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run keeps its averaging on resume: ``--ema 0`` on an averaged run, and a decay on a run
+    started without one (shown as ``--ema 0``, not None), are refused in one line."""
+    from realnvp.cli import main
+
+    data = tmp_path / "x.npy"
+    np.save(data, rows(300))
+    common = ["--steps", "4", "--eval-every", "2", "--layers", "2", "--hidden", "8"]
+    common += ["--no-progress"]
+    on, off = str(tmp_path / "on"), str(tmp_path / "off")
+    assert main(["train", str(data), "--out", on, *common]) == 0
+    assert main(["train", str(data), "--out", off, "--ema", "0", *common]) == 0
+    capsys.readouterr()
+    line = fails(["train", str(data), "--out", on, "--resume", "--ema", "0", *common], capsys)
+    assert "was started with --ema 0.995, not 0" in line
+    line = fails(["train", str(data), "--out", off, "--resume", "--ema", "0.9", *common], capsys)
+    assert "was started with --ema 0, not 0.9" in line
+
+
+def test_the_estimator_takes_the_recipes_regularizers() -> None:
+    """``RealNVPDensity(ema=..., weight_decay=...)`` reach the recipe: None is the sized
+    default (the same fit as giving its values), ``ema=0, weight_decay=0`` another fit."""
+    from realnvp import RealNVPDensity
+
+    X = rows(400)
+    common = {"num_layers": 2, "hidden_features": 8, "steps": 30, "random_state": 0}
+    default = RealNVPDensity(**common).fit(X).score_samples(X)
+    given = RealNVPDensity(ema=0.995, weight_decay=3e-3, **common).fit(X).score_samples(X)
+    off = RealNVPDensity(ema=0, weight_decay=0, **common).fit(X).score_samples(X)
+    np.testing.assert_array_equal(default, given)
+    assert not np.allclose(default, off)

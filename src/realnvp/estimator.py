@@ -28,7 +28,8 @@ class RealNVPDensity(BaseEstimator):
     """Real NVP density estimation with scikit-learn's interface.
 
     ``fit(X)`` standardizes X with its training rows' mean and std (inside the flow, so densities
-    stay in X's units), trains with Adam and keeps the weights of the best validation NLL. X with
+    stay in X's units), trains with Adam (and, by default, weight decay and a moving average of
+    the weights) and keeps the (averaged) weights of the best validation NLL. X with
     a constant column, or with columns that are linear functions of each other, has no density:
     ``fit`` refuses it with a ValueError naming the columns.
 
@@ -36,9 +37,10 @@ class RealNVPDensity(BaseEstimator):
         num_layers, hidden_features, num_hidden_layers, coupling: the model (see ``RealNVP``);
             None (``hidden_features``, ``coupling``): chosen from the training rows' size
             (``RealNVP.defaults_for``; the conditional estimator keeps the constructor's).
-        steps, batch_size, lr, patience: the training recipe (see ``TrainConfig``); None
-            (``batch_size``): chosen from the training rows' size, as is the rest of the recipe
-            (``RealNVP.recipe_for``).
+        steps, batch_size, lr, weight_decay, ema, patience: the training recipe (see
+            ``TrainConfig``); None (``batch_size``, ``weight_decay``, ``ema``): the recipe
+            chosen from the training rows' size (``RealNVP.recipe_for``), as is the rest of it;
+            ``ema=0`` trains without the moving average of the weights.
         dequantize: "auto" finds rounded columns of X (integers, prices, one-decimal values)
             and trains on them with uniform noise over their step; None takes X as continuous.
         val_fraction: the share of the rows held out for validation (none below 10 rows).
@@ -63,6 +65,8 @@ class RealNVPDensity(BaseEstimator):
         steps: int = _RECIPE.steps,
         batch_size: int | None = None,
         lr: float = _RECIPE.lr,
+        weight_decay: float | None = None,
+        ema: float | None = None,
         patience: int | None = _RECIPE.patience,
         val_fraction: float = VAL_FRACTION,
         random_state: int | None = None,
@@ -76,6 +80,8 @@ class RealNVPDensity(BaseEstimator):
         self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
+        self.weight_decay = weight_decay
+        self.ema = ema
         self.patience = patience
         self.val_fraction = val_fraction
         self.random_state = random_state
@@ -113,10 +119,19 @@ class RealNVPDensity(BaseEstimator):
         }
         model = {k: v for k, v in model.items() if v is not None}  # None: sized to the data
         model["dequantize"] = "none" if self.dequantize is None else self.dequantize
-        recipe = {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr}
+        recipe = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "ema": self.ema,
+        }
+        recipe = {k: v for k, v in recipe.items() if v is not None}  # None: sized to the data
+        if recipe.get("ema") == 0:
+            recipe["ema"] = None  # 0: no moving average
         config = replace(
             RealNVP.recipe_for(x_train.shape),
-            **{k: v for k, v in recipe.items() if v is not None},
+            **recipe,
             patience=self.patience,
             seed=seed,
         )
@@ -141,7 +156,7 @@ class RealNVPDensity(BaseEstimator):
             )
         # Scored in float64: float32 matrix products round a row's result differently by where
         # the row falls in the BLAS blocks, so a row's float32 score moved (by ~1e-7 relative)
-        # with the rows around it; in float64 a row's score is the same wherever it is in X.
+        # with the rows around it; in float64 that rounding is ~1e-16.
         flow = copy.deepcopy(self.flow_).double()
         c = None if context is None else flow.as_context(context)
         return -evaluate_nll(flow, flow.as_input(X), context=c).cpu().numpy()

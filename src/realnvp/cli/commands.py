@@ -295,8 +295,9 @@ def _resume_settings(args: argparse.Namespace, kind: type[Flow]) -> TrainConfig:
         check_resume(args.out, saved, given)
     except ResumeConflict as conflict:
         dest = OPTIONS.get(conflict.name, conflict.name)
+        saved_value = 0 if conflict.name == "ema" and conflict.saved is None else conflict.saved
         raise UsageError(
-            f"{args.out}: was started with {flag(dest)} {conflict.saved}, not "
+            f"{args.out}: was started with {flag(dest)} {saved_value}, not "
             f"{conflict.given}; a resumed run keeps its settings (leave the option out, or "
             "start a new run with another --out)"
         ) from None
