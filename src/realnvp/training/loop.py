@@ -147,7 +147,8 @@ class Trainer:
     fresh noise); ``x_val`` is scored as given, so prepare it with ``flow.prepare``.
 
     Args:
-        flow: the model; trained in place, and left with the weights of its best validation NLL.
+        flow: the model; trained in place, and left with the weights of its best validation NLL
+            (with ``config.ema``, the moving average's; without ``x_val``, the last average).
         x_train, x_val: data tensors, (N, ...) each, as ``flow.as_input`` gives them; ``x_val``
             may be None. A conditional flow trains on pairs ``(x, context)`` of tensors with
             the same N, the contexts as ``flow.as_context`` gives them.
@@ -397,7 +398,8 @@ def fit(
 
     A conditional flow trains on pairs: ``fit(flow, (x, context), (x_val, context_val))``.
     With ``x_val``, the validation NLL is measured every ``eval_every`` steps and the flow ends
-    with the weights of its best validation NLL. ``config`` defaults to the flow's own
+    with the weights of its best validation NLL (with ``config.ema``, of the moving average's;
+    without ``x_val``, the last average). ``config`` defaults to the flow's own
     ``recipe``. A non-finite loss raises ``FloatingPointError`` naming the step, with the flow's
     weights left at their last finite values.
 
