@@ -8,11 +8,12 @@ intact.
 A run folder holds:
 
 - ``model.safetensors`` and ``model.json``: the best weights so far (the best moving average of
-  them, with ``TrainConfig.ema``; the data's statistics among them, as buffers), and what rebuilds the model (``flow.spec``: its type and constructor
-  arguments) with the run's settings; what ``eval``/``sample``/... load.
+  them, with ``TrainConfig.ema``; the data's statistics among them, as buffers), and what
+  rebuilds the model (``flow.spec``: its type and constructor arguments) with the run's
+  settings; what ``eval``/``sample``/... load.
 - ``last.safetensors``: the training state for ``--resume``, complete on its own: weights, best
-  weights so far, the moving average (with ``ema``), optimizer, step, history, recipe, and the run's settings (data fingerprint,
-  validation split).
+  weights so far, the moving average (with ``ema``), optimizer, step, history, recipe, and the
+  run's settings (data fingerprint, validation split).
 """
 
 from __future__ import annotations
