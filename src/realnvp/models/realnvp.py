@@ -316,7 +316,7 @@ def table_sizes(rows: int, features: int) -> tuple[dict[str, Any], dict[str, Any
     were chosen on ``benchmarks/tables.py`` (see its results).
 
     - Coupling: rational-quadratic splines. On the real tables of the benchmark (190 to 37,758
-      training rows) they were ahead of affine couplings by 0.01 to 3.2 nats per row (its
+      training rows) they were ahead of affine couplings by 0.01 to 1.4 nats per row (its
       ``realnvp_affine`` ablation, with this recipe); on its known-density table (11,200 rows)
       behind by 0.019.
     - Masks: rolling for more than 2 columns, so every two columns condition on each other in
