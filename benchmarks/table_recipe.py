@@ -45,9 +45,9 @@ from realnvp.training import fit_data
 #: each recipe: the TrainConfig fields it sets on top of the sized defaults (the model, the
 #: batches, the validation passes and the learning rate stay the library's)
 RECIPES: dict[str, dict[str, Any]] = {
-    "none": {"ema": None, "weight_decay": 0.0},
-    "weight_decay_1e-3": {"ema": None, "weight_decay": 1e-3},
-    "weight_decay_1e-2": {"ema": None, "weight_decay": 1e-2},
+    "none": {"ema": 0.0, "weight_decay": 0.0},
+    "weight_decay_1e-3": {"ema": 0.0, "weight_decay": 1e-3},
+    "weight_decay_1e-2": {"ema": 0.0, "weight_decay": 1e-2},
     "ema_0.99": {"ema": 0.99, "weight_decay": 0.0},
     "ema_0.995": {"ema": 0.995, "weight_decay": 0.0},
     "ema_0.995_weight_decay_3e-3": {"ema": 0.995, "weight_decay": 3e-3},

@@ -113,7 +113,8 @@ def test_a_damaged_average_is_refused(tmp_path: Path) -> None:
 
 
 def test_ema_must_be_a_decay() -> None:
-    for bad in (0.0, 1.0, -0.5, 1.5):
+    """A decay in [0, 1), 0 for none (as weight_decay's 0); None, 1 and out-of-range refused."""
+    for bad in (None, 1.0, -0.5, 1.5):
         with pytest.raises(ConfigError, match="ema"):
             TrainConfig(ema=bad)
 
@@ -134,7 +135,7 @@ def test_tables_average_by_default_and_the_shell_can_turn_it_off(
     assert main(["train", str(data), "--out", str(tmp_path / "off"), *off, *common]) == 0
     assert main(["train", str(data), "--out", str(tmp_path / "on"), *common]) == 0
     _, _, state, _, average = load_training_state(tmp_path / "off")
-    assert average is None and state["config"]["ema"] is None
+    assert average is None and state["config"]["ema"] == 0
     assert state["config"]["weight_decay"] == 0
     _, _, state, _, average = load_training_state(tmp_path / "on")
     assert average is not None and state["config"]["weight_decay"] == 3e-3
@@ -148,7 +149,7 @@ def test_resume_refuses_another_ema_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A run keeps its averaging on resume: ``--ema 0`` on an averaged run, and a decay on a run
-    started without one (shown as ``--ema 0``, not None), are refused in one line."""
+    started without one (shown as ``--ema 0``), are refused in one line."""
     from realnvp.cli import main
 
     data = tmp_path / "x.npy"

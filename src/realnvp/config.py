@@ -28,7 +28,7 @@ class TrainConfig:
     ``compile``: ``flow.compile()`` before training (torch.compile; faster steps after a one-off
     compilation).
     ``ema``: the decay of an exponential moving average of the weights (Polyak averaging), or
-    None for none. With it, validation, early stopping, checkpoints and the trained model use
+    0 for none. With it, validation, early stopping, checkpoints and the trained model use
     the averaged weights; the optimizer steps the raw ones. The decay warms up as
     ``min(ema, (1 + t) / (10 + t))`` at step t, so early averages do not cling to the
     initialisation: it is ``(1 + t) / (10 + t)`` until that reaches ``ema`` (step 890 for 0.99,
@@ -48,7 +48,7 @@ class TrainConfig:
     eval_every: int = 100
     patience: int | None = 20
     seed: int = 0
-    ema: float | None = None
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every"):
@@ -60,8 +60,8 @@ class TrainConfig:
             raise ConfigError(f"must be 'cosine' or 'constant', got {self.schedule!r}", "schedule")
         if self.scale_l2 < 0:
             raise ConfigError(f"must be non-negative, got {self.scale_l2}", "scale_l2")
-        if self.ema is not None and not 0 < self.ema < 1:
-            raise ConfigError(f"must be in (0, 1), or None for no averaging, got {self.ema}", "ema")
+        if not (isinstance(self.ema, int | float) and 0 <= self.ema < 1):
+            raise ConfigError(f"must be in [0, 1), 0 for no averaging, got {self.ema}", "ema")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"must be at least 1, got {self.patience}", "patience")
 

@@ -127,8 +127,6 @@ class RealNVPDensity(BaseEstimator):
             "ema": self.ema,
         }
         recipe = {k: v for k, v in recipe.items() if v is not None}  # None: sized to the data
-        if recipe.get("ema") == 0:
-            recipe["ema"] = None  # 0: no moving average
         config = replace(
             RealNVP.recipe_for(x_train.shape),
             **recipe,

@@ -244,12 +244,9 @@ def _given(args: argparse.Namespace, options: dict[str, str]) -> dict[str, Any]:
     return {name: v for name, v in values.items() if v is not None and v is not False}
 
 
-def _given_recipe(args: argparse.Namespace) -> dict[str, Any]:
-    """The training options the user set, as TrainConfig takes them (``--ema 0``: None)."""
-    given = _given(args, TRAIN_OPTIONS)
-    if given.get("ema") == 0:
-        given["ema"] = None
-    return given
+def _shown(value: Any) -> Any:
+    """A setting as the command line spells it (``0``, not ``0.0``)."""
+    return format(value, "g") if isinstance(value, float) else value
 
 
 def _check_model_options(args: argparse.Namespace, kind: type[Flow]) -> None:
@@ -281,24 +278,18 @@ def _resume_settings(args: argparse.Namespace, kind: type[Flow]) -> TrainConfig:
             "none; a resumed run keeps its settings (leave the option out, or start a new run "
             "with another --out)"
         )  # "auto" finds the saved steps again: the data are checked to be the same
-    if args.ema == 0 and saved["train"].get("ema") is not None:
-        raise UsageError(
-            f"{args.out}: was started with --ema {saved['train']['ema']:g}, not 0; a resumed "
-            "run keeps its settings (leave the option out, or start a new run with another --out)"
-        )
     given = {
         "model": model,
-        "train": _given_recipe(args),
+        "train": _given(args, TRAIN_OPTIONS),
         "data": _given(args, {"val_fraction": "val_fraction"}),
     }
     try:
         check_resume(args.out, saved, given)
     except ResumeConflict as conflict:
         dest = OPTIONS.get(conflict.name, conflict.name)
-        saved_value = 0 if conflict.name == "ema" and conflict.saved is None else conflict.saved
         raise UsageError(
-            f"{args.out}: was started with {flag(dest)} {saved_value}, not "
-            f"{conflict.given}; a resumed run keeps its settings (leave the option out, or "
+            f"{args.out}: was started with {flag(dest)} {_shown(conflict.saved)}, not "
+            f"{_shown(conflict.given)}; a resumed run keeps its settings (leave the option out, or "
             "start a new run with another --out)"
         ) from None
     return saved_config(args.out, {**saved["train"], "compile": args.compile})
@@ -324,7 +315,9 @@ def _train(args: argparse.Namespace) -> int:
         model = {**model, **_given(args, model_options(kind))}
         val_fraction = args.val_fraction
         fraction = VAL_FRACTION if val_fraction is None else val_fraction
-        config = replace(kind.recipe_for(train_shape(x.shape, fraction)), **_given_recipe(args))
+        config = replace(
+            kind.recipe_for(train_shape(x.shape, fraction)), **_given(args, TRAIN_OPTIONS)
+        )
     try:
         flow, history = train_run(
             args.out,

@@ -188,7 +188,7 @@ class Trainer:
         # the moving average of the parameters (config.ema), by parameter name
         self.average: dict[str, Tensor] | None = (
             None
-            if self.config.ema is None
+            if not self.config.ema
             else {k: p.detach().clone() for k, p in flow.named_parameters()}
         )
 
@@ -309,7 +309,7 @@ class Trainer:
     def _update_average(self) -> None:
         """``average <- d average + (1 - d) weights`` with ``d = min(ema, (1 + t) / (10 + t))``
         at step t (counted before this one), a function of the step alone so resume is exact."""
-        assert self.average is not None and self.config.ema is not None
+        assert self.average is not None
         decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
         params = dict(self.flow.named_parameters())
         with torch.no_grad():
