@@ -229,16 +229,10 @@ def fit_gmm(x_train: NDArray, x_val: NDArray, by: str) -> Fitted:
 
     std = Standardized(x_train)
     xt, xv = std(x_train), std(x_val)
-    best: tuple[float, GaussianMixture] | None = None
-    for k in range(1, 13):
-        if k * (1 + xt.shape[1] + xt.shape[1] * (xt.shape[1] + 1) / 2) >= len(xt):
-            break  # more parameters than rows
-        gmm = GaussianMixture(k, covariance_type="full", random_state=0).fit(xt)
-        score = gmm.bic(xt) if by == "bic" else -gmm.score(xv)
-        if best is None or score < best[0]:
-            best = (score, gmm)
-    assert best is not None
-    gmm = best[1]
+    d = xt.shape[1]
+    ks = [k for k in range(1, 13) if k * (1 + d + d * (d + 1) / 2) < len(xt)]  # params < rows
+    fits = (GaussianMixture(k, covariance_type="full", random_state=0).fit(xt) for k in ks)
+    gmm = min(fits, key=lambda g: g.bic(xt) if by == "bic" else -g.score(xv))
     return Fitted(
         lambda x: gmm.score_samples(std(x)) - std.log_jacobian,
         {"components": gmm.n_components},
@@ -250,15 +244,9 @@ def fit_kde(x_train: NDArray, x_val: NDArray) -> Fitted:
 
     std = Standardized(x_train)
     xt, xv = std(x_train), std(x_val)
-    best: tuple[float, KernelDensity] | None = None
     xv = xv[:VAL_ROWS_KDE]  # the choice needs no more, and each score is O(train x val)
-    for h in np.geomspace(0.01, 2.0, 24):
-        kde = KernelDensity(bandwidth=h).fit(xt)
-        score = -kde.score_samples(xv).mean()
-        if best is None or score < best[0]:
-            best = (score, kde)
-    assert best is not None
-    kde = best[1]
+    fits = (KernelDensity(bandwidth=h).fit(xt) for h in np.geomspace(0.01, 2.0, 24))
+    kde = min(fits, key=lambda k: -k.score_samples(xv).mean())
     return Fitted(
         lambda x: kde.score_samples(std(x)) - std.log_jacobian,
         {"bandwidth": float(kde.bandwidth)},
@@ -283,7 +271,7 @@ def fit_zuko(x_train: NDArray, x_val: NDArray, kind: str) -> Fitted:
     batches = batch_indices(len(xt), recipe.batch_size, 0)
     params = list(flow.parameters())
     # the recipe's moving average of the weights, as realnvp's Trainer keeps it
-    average = None if recipe.ema is None else [p.detach().clone() for p in params]
+    average = None if not recipe.ema else [p.detach().clone() for p in params]
     best, best_step, best_state, since = math.inf, 0, None, 0
     step = 0
     for step in range(1, recipe.steps + 1):

@@ -33,6 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from records import log
 from torch import nn
 
 from realnvp import RealNVP
@@ -311,13 +312,6 @@ def bare(k: int, relu: bool) -> Callable[[torch.Tensor], torch.Tensor]:
         return a
 
     return run
-
-
-def log(out: Path | None, record: dict) -> None:
-    print(json.dumps(record), flush=True)
-    if out is not None:
-        with open(out, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 def throughput(args, x_train, x_big, out) -> None:
