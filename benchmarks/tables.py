@@ -382,6 +382,7 @@ def run(tables: list[str], models: list[str], out: Path | None, label: str) -> N
 
 def report(paths: list[str], label: str | None = None) -> str:
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line]
+    runs = [r for r in rows if r.get("kind") == "run" and label in (None, r.get("label"))]
     rows = [r for r in rows if r.get("kind") == "result"]
     if label is not None:
         rows = [r for r in rows if r.get("label") == label]
@@ -444,6 +445,14 @@ def report(paths: list[str], label: str | None = None) -> str:
     for t in tables:
         cells = [f"{latest[(t, m)]['seconds']:.1f}" if (t, m) in latest else "" for m in models]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    whole = [r for r in runs if set(r["tables"]) == set(TABLES) and set(r["models"]) == set(MODELS)]
+    if whole:  # the newest run of every table and model as one command
+        r = whole[-1]
+        lines += [
+            "",
+            f"The whole benchmark as one command ({r['time']}, torch threads {r['threads']}): "
+            f"{r['seconds'] / 60:.1f} minutes.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -470,7 +479,20 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown {unknown}; choose from {known}")
     torch.set_num_threads(args.threads)
+    start = time.perf_counter()
     run(tables, models, args.out, args.label)
+    log(
+        args.out,
+        {
+            "kind": "run",
+            "label": args.label,
+            "tables": tables,
+            "models": models,
+            "threads": torch.get_num_threads(),
+            "seconds": time.perf_counter() - start,
+            "time": time.strftime("%Y-%m-%d %H:%M"),
+        },
+    )
 
 
 if __name__ == "__main__":
