@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from helpers import randomize
 from realnvp import RealNVP
 from realnvp.bijections import (
+    ActNorm,
     AdditiveCoupling,
     AffineCoupling,
     BatchNorm,
@@ -19,6 +20,7 @@ from realnvp.bijections import (
     Compose,
     FactorOut,
     Inverse,
+    InvertibleConv1x1,
     Logit,
     Permutation,
     SplineCoupling,
@@ -165,6 +167,13 @@ def batch_norm(features: int) -> BatchNorm:
     return bn.eval()
 
 
+def actnorm(features: int) -> ActNorm:
+    """An actnorm past its initialisation (``randomize`` then gives it non-trivial values)."""
+    an = ActNorm(features)
+    an.initialized.fill_(True)
+    return an
+
+
 def tiny_multiscale() -> Bijection:
     """The whole image model on a 4x4 image: 2 scales, ResNet conditioners, batch norms."""
     flow = MultiScaleRealNVP((1, 4, 4), levels=4, num_scales=2, hidden_channels=4, num_blocks=1)
@@ -200,6 +209,11 @@ CASES.update(
         "batch-norm-image-eval": (lambda: batch_norm(2), (2, 3, 3)),
         "logit": (lambda: Logit(levels=4, alpha=0.05), (2, 2, 2), pixels),
         "multiscale-model": (tiny_multiscale, (1, 4, 4), pixels),
+        "actnorm-vector": (lambda: actnorm(3), (3,)),
+        "actnorm-image": (lambda: actnorm(2), (2, 3, 3)),
+        "conv1x1-vector": (lambda: InvertibleConv1x1(4), (4,)),
+        "conv1x1-image": (lambda: InvertibleConv1x1(3), (3, 2, 3)),
+        "conv1x1-3d": (lambda: InvertibleConv1x1(2), (2, 3)),
     }
 )
 

@@ -3,6 +3,7 @@
 from realnvp.bijections.base import Bijection, Compose, Inverse, sum_except_batch
 from realnvp.bijections.coupling import AdditiveCoupling, AffineCoupling
 from realnvp.bijections.elementwise import Logit, Permutation, Standardize
+from realnvp.bijections.linear import InvertibleConv1x1
 from realnvp.bijections.masks import (
     alternating_masks,
     channel_mask,
@@ -10,11 +11,12 @@ from realnvp.bijections.masks import (
     half_mask,
     rolling_masks,
 )
-from realnvp.bijections.normalization import BatchNorm
+from realnvp.bijections.normalization import ActNorm, BatchNorm
 from realnvp.bijections.reshape import FactorOut, Squeeze
 from realnvp.bijections.spline import SplineCoupling, rational_quadratic_spline
 
 __all__ = [
+    "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
     "BatchNorm",
@@ -22,6 +24,7 @@ __all__ = [
     "Compose",
     "FactorOut",
     "Inverse",
+    "InvertibleConv1x1",
     "Logit",
     "Permutation",
     "SplineCoupling",

@@ -238,10 +238,20 @@ def _training_layout(args: argparse.Namespace) -> Layout:
 
 
 # -- train ---------------------------------------------------------------------------------
+#: store_true options: left out, they read False, which is not a setting
+SWITCHES = {"bf16", "compile"}
+
+
 def _given(args: argparse.Namespace, options: dict[str, str]) -> dict[str, Any]:
-    """The options the user set on the command line, by the library's parameter names."""
+    """The options the user set on the command line, by the library's parameter names (the
+    switches that are only ever turned on, ``--bf16`` and ``--compile``, read False when left
+    out)."""
     values = {name: getattr(args, dest) for name, dest in options.items()}
-    return {name: v for name, v in values.items() if v is not None and v is not False}
+    return {
+        name: v
+        for name, v in values.items()
+        if v is not None and not (v is False and name in SWITCHES)
+    }
 
 
 def _shown(value: Any) -> Any:

@@ -30,6 +30,9 @@ MODEL_OPTIONS = {
     "num_scales": "scales",
     "hidden_channels": "channels",
     "num_blocks": "blocks",
+    "batch_norm": "batch_norm",
+    "actnorm": "actnorm",
+    "conv1x1": "conv1x1",
 }
 #: TrainConfig's fields and the option that sets each
 TRAIN_OPTIONS = {
@@ -156,6 +159,10 @@ def _sized(values: list[object], fmt: str = "") -> str:
     return f"from the table's size: {shown}"
 
 
+def _on(value: bool) -> str:
+    return "on" if value else "off"
+
+
 def _table_default(name: str, fmt: str = "") -> str:
     """A RealNVP argument's default: the constructor's, or the one ``defaults_for`` picks."""
     constructor = RealNVP.defaults()[name]
@@ -225,7 +232,7 @@ def _spline_options(g: argparse._ArgumentGroup, table: dict[str, Any]) -> None:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    table, image = RealNVP.defaults(), MultiScaleRealNVP.defaults()
+    table = RealNVP.defaults()
     g = p.add_argument_group(
         "tables (RealNVP)",
         "defaults 'from the table's size' apply to an unconditional table; a --context run "
@@ -265,6 +272,11 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "continuous (default auto)",
     )
     _spline_options(g, table)
+    _image_options(p)
+
+
+def _image_options(p: argparse.ArgumentParser) -> None:
+    image = MultiScaleRealNVP.defaults()
     g = p.add_argument_group("images (MultiScaleRealNVP)")
     g.add_argument(
         "--scales",
@@ -280,6 +292,24 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "--blocks",
         type=_positive_int,
         help=f"residual blocks per ResNet (default {image['num_blocks']})",
+    )
+    switch = argparse.BooleanOptionalAction
+    g.add_argument(
+        "--batch-norm",
+        action=switch,
+        help=f"a batch-norm bijection after every coupling (default: {_on(image['batch_norm'])})",
+    )
+    g.add_argument(
+        "--actnorm",
+        action=switch,
+        help="Glow's actnorm before every coupling, initialised from the first batch (default: "
+        f"{_on(image['actnorm'])}; with --no-batch-norm, as Glow)",
+    )
+    g.add_argument(
+        "--conv1x1",
+        action=switch,
+        help="Glow's invertible 1x1 convolution (LU form) before every coupling of more than one "
+        f"channel (default: {_on(image['conv1x1'])})",
     )
 
 

@@ -16,6 +16,7 @@ dimension. Written for data scaled to ``[0, 1]`` as in the paper's code, the sam
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,12 +26,14 @@ from torch import Tensor, nn
 
 from realnvp import collectives
 from realnvp.bijections import (
+    ActNorm,
     AffineCoupling,
     BatchNorm,
     Bijection,
     Compose,
     FactorOut,
     Inverse,
+    InvertibleConv1x1,
     Logit,
     Squeeze,
     channel_mask,
@@ -113,24 +116,35 @@ def _conditioner(mask: Tensor, hidden: int, blocks: int, checker: bool) -> Condi
     return lambda c_in, c_out: ResNet(c_in, c_out, hidden, blocks)
 
 
-def _scale(
-    shape: tuple[int, int, int],
-    scales_left: int,
-    hidden: int,
-    blocks: int,
-    batch_norm: bool,
-    scale_init: float,
-    max_scale: float | None,
-    classes: int = 0,
-) -> Bijection:
+@dataclass(frozen=True)
+class _Step:
+    """What each coupling of the model comes with (``MultiScaleRealNVP``'s arguments)."""
+
+    blocks: int
+    batch_norm: bool
+    actnorm: bool
+    conv1x1: bool
+    scale_init: float
+    max_scale: float | None
+    classes: int
+
+
+def _scale(shape: tuple[int, int, int], scales_left: int, hidden: int, step: _Step) -> Bijection:
     c, h, w = shape
     layers: list[Bijection] = []
 
     def add(mask: Tensor, checker: bool) -> None:
-        conditioner = _conditioner(mask, hidden, blocks, checker)
-        layers.append(AffineCoupling(mask, conditioner, scale_init, max_scale, classes))
-        if batch_norm:
-            layers.append(BatchNorm(mask.shape[0]))
+        channels = mask.shape[0]
+        if step.actnorm:
+            layers.append(ActNorm(channels))
+        if step.conv1x1 and channels > 1:  # on one channel it would only scale it
+            layers.append(InvertibleConv1x1(channels))
+        conditioner = _conditioner(mask, hidden, step.blocks, checker)
+        layers.append(
+            AffineCoupling(mask, conditioner, step.scale_init, step.max_scale, step.classes)
+        )
+        if step.batch_norm:
+            layers.append(BatchNorm(channels))
 
     if scales_left == 1:  # the last scale: 4 checkerboard couplings
         for i in range(4):
@@ -141,10 +155,7 @@ def _scale(
     layers.append(Squeeze())
     for i in range(3):
         add(channel_mask(4 * c, h // 2, w // 2, first=i % 2 == 0), checker=False)
-    half = (2 * c, h // 2, w // 2)
-    inner = _scale(
-        half, scales_left - 1, 2 * hidden, blocks, batch_norm, scale_init, max_scale, classes
-    )
+    inner = _scale((2 * c, h // 2, w // 2), scales_left - 1, 2 * hidden, step)
     layers += [FactorOut(inner), Inverse(Squeeze())]
     return Compose(layers)
 
@@ -205,6 +216,12 @@ class MultiScaleRealNVP(Flow):
         class_prior: for a class-conditional model, a learned mean and log-std of the base for
             each class and latent dimension, so each factored-out level gets its own per class
             (Glow's class-conditional prior; ``ConditionalNormal``). False: a standard normal.
+        actnorm: an ``ActNorm`` (Glow's activation normalization, initialised from the first
+            training batch) before every coupling; with ``batch_norm=False``, Glow's choice, the
+            model no longer depends on the batch in training.
+        conv1x1: an ``InvertibleConv1x1`` (Glow's invertible 1x1 convolution, LU form) before
+            every coupling of more than one channel: a learned mixing of the channels in place
+            of relying on the fixed alternation of the masks alone.
 
     Example:
         >>> flow = MultiScaleRealNVP((1, 8, 8), levels=17, hidden_channels=8, num_blocks=1)
@@ -238,19 +255,13 @@ class MultiScaleRealNVP(Flow):
         max_scale: float | None = MAX_SCALE,
         num_classes: int = 0,
         class_prior: bool = True,
+        actnorm: bool = False,
+        conv1x1: bool = False,
     ):
         shape = tuple(int(s) for s in shape)
         num_scales = _check_sizes(shape, num_scales, hidden_channels, num_blocks, num_classes)
-        body = _scale(
-            shape,
-            num_scales,
-            hidden_channels,
-            num_blocks,
-            batch_norm,
-            scale_init,
-            max_scale,
-            num_classes,
-        )
+        step = _Step(num_blocks, batch_norm, actnorm, conv1x1, scale_init, max_scale, num_classes)
+        body = _scale(shape, num_scales, hidden_channels, step)
         conditional = num_classes > 0
         base = (
             ConditionalNormal(shape, num_classes)
@@ -272,6 +283,9 @@ class MultiScaleRealNVP(Flow):
         }
         if conditional:
             self.config.update(num_classes=num_classes, class_prior=class_prior)
+        for name, on in [("actnorm", actnorm), ("conv1x1", conv1x1)]:
+            if on:  # saved only when on, so runs from before these options read the same
+                self.config[name] = True
 
     @classmethod
     def for_data(
