@@ -32,6 +32,14 @@ from realnvp.data.images import load_images
 from realnvp.models import MultiScaleRealNVP, dequantize
 from realnvp.training.loop import batch_indices
 
+#: our model's variants (``--variant``): the paper's, and with Glow's layers before each coupling
+VARIANTS: dict[str, dict[str, bool]] = {
+    "paper": {},
+    "actnorm": {"actnorm": True, "batch_norm": False},
+    "conv1x1": {"conv1x1": True},
+    "glow": {"actnorm": True, "conv1x1": True, "batch_norm": False},
+}
+
 
 def normflows_model(shape, levels: int, scales: int, hidden: int, blocks: int) -> nn.Module:
     import normflows as nf
@@ -85,6 +93,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="digits")
     parser.add_argument("--lib", choices=["ours", "normflows"], default="ours")
+    parser.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        default="paper",
+        help="ours only: the paper's model, or with Glow's actnorm and/or 1x1 convolutions",
+    )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--scales", type=int, default=2)
     parser.add_argument("--channels", type=int, default=16)
@@ -98,7 +112,14 @@ def main() -> None:
     torch.manual_seed(args.seed)
     data = load_images(args.data)
     if args.lib == "ours":
-        model = MultiScaleRealNVP(data.shape, data.levels, args.scales, args.channels, args.blocks)
+        model = MultiScaleRealNVP(
+            data.shape,
+            data.levels,
+            args.scales,
+            args.channels,
+            args.blocks,
+            **VARIANTS[args.variant],
+        )
     else:
         model = normflows_model(data.shape, data.levels, args.scales, args.channels, args.blocks)
     params = sum(p.numel() for p in model.parameters())
@@ -130,6 +151,7 @@ def main() -> None:
     bpd = nll / (dims * math.log(2))
     result = {
         "lib": args.lib,
+        **({"variant": args.variant} if args.lib == "ours" else {}),
         "data": data.name,
         "scales": args.scales,
         "channels": args.channels,
