@@ -38,6 +38,8 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "actnorm": {"actnorm": True, "batch_norm": False},
     "conv1x1": {"conv1x1": True},
     "glow": {"actnorm": True, "conv1x1": True, "batch_norm": False},
+    "packed": {"packed": True},
+    "packed-glow": {"packed": True, "actnorm": True, "conv1x1": True, "batch_norm": False},
 }
 
 

@@ -174,9 +174,12 @@ def actnorm(features: int) -> ActNorm:
     return an
 
 
-def tiny_multiscale() -> Bijection:
-    """The whole image model on a 4x4 image: 2 scales, ResNet conditioners, batch norms."""
-    flow = MultiScaleRealNVP((1, 4, 4), levels=4, num_scales=2, hidden_channels=4, num_blocks=1)
+def tiny_multiscale(packed: bool = False) -> Bijection:
+    """The whole image model on a 4x4 image: 2 scales, ResNet conditioners, batch norms;
+    ``packed``: its conditioners see the kept pixels packed as channels."""
+    flow = MultiScaleRealNVP(
+        (1, 4, 4), levels=4, num_scales=2, hidden_channels=4, num_blocks=1, packed=packed
+    )
     return flow.transform.eval()
 
 
@@ -209,6 +212,11 @@ CASES.update(
         "batch-norm-image-eval": (lambda: batch_norm(2), (2, 3, 3)),
         "logit": (lambda: Logit(levels=4, alpha=0.05), (2, 2, 2), pixels),
         "multiscale-model": (tiny_multiscale, (1, 4, 4), pixels),
+        "multiscale-model-packed": (lambda: tiny_multiscale(packed=True), (1, 4, 4), pixels),
+        "affine-channel-split-of-images": (
+            lambda: AffineCoupling(torch.tensor([True, False, False, True]), ConvNet(2, 2)),
+            (4, 3, 2),
+        ),
         "actnorm-vector": (lambda: actnorm(3), (3,)),
         "actnorm-image": (lambda: actnorm(2), (2, 3, 3)),
         "conv1x1-vector": (lambda: InvertibleConv1x1(4), (4,)),

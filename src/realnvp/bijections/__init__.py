@@ -9,6 +9,7 @@ from realnvp.bijections.masks import (
     channel_mask,
     checkerboard_mask,
     half_mask,
+    packed_checkerboard_mask,
     rolling_masks,
 )
 from realnvp.bijections.normalization import ActNorm, BatchNorm
@@ -34,6 +35,7 @@ __all__ = [
     "channel_mask",
     "checkerboard_mask",
     "half_mask",
+    "packed_checkerboard_mask",
     "rational_quadratic_spline",
     "rolling_masks",
     "sum_except_batch",

@@ -1,8 +1,9 @@
 """Coupling layers (Dinh et al. 2017, eq. 4-9): the kept features pass through and parametrise an
 elementwise map of the others, so the Jacobian is triangular and its determinant is a sum.
 
-One layer serves every event shape. With a 1-D mask (vectors) the layer splits by index and the
-conditioner sees only the kept features. With a mask of any other shape (images: checkerboard,
+One layer serves every event shape. With a 1-D mask the layer splits dimension 1 by index (a
+vector's features, or an image's channels) and the conditioner sees only the kept ones and
+computes parameters for only the others. With a mask of any other shape (images: checkerboard,
 channel-wise) the conditioner sees ``x * mask`` in full, and its outputs are zeroed where the mask
 is True, so the kept entries pass through exactly.
 """
@@ -26,9 +27,10 @@ class _Coupling(Bijection):
     """Split, condition and merge; subclasses supply the elementwise map of the rest.
 
     ``conditioner`` is a network, or a factory ``(in_size, out_size) -> network`` that the layer
-    calls with the sizes it needs: for a 1-D mask ``in_size`` is the number of kept features and
-    ``out_size`` is ``params_per_feature`` times the number transformed; for an event-shaped mask
-    they count channels (``C`` and ``params_per_feature * C``).
+    calls with the sizes it needs: for a 1-D mask ``in_size`` is the number of kept features (of
+    channels, when the mask splits an image's channels) and ``out_size`` is
+    ``params_per_feature`` times the number transformed; for an event-shaped mask they count
+    channels (``C`` and ``params_per_feature * C``).
 
     A conditional layer (``context_features`` > 0) takes a context of that many features per
     batch element, ``(B, context_features)``, and its conditioner sees it beside the kept
@@ -104,7 +106,7 @@ class _Coupling(Bijection):
                 f"({keep.shape[0]}, {self.context_features}), one row per batch element"
             )
         context = context.to(keep.dtype)
-        if not self.by_index:  # constant channels over the image
+        if keep.dim() > 2:  # constant channels over the image
             context = context.reshape(*context.shape, *[1] * (keep.dim() - 2))
             context = context.expand(-1, -1, *keep.shape[2:])
         return torch.cat([keep, context], dim=1)
@@ -117,7 +119,7 @@ class _Coupling(Bijection):
         return params
 
     def _log_det(self, s: Tensor) -> Tensor:
-        return s.sum(dim=1) if self.by_index else sum_except_batch(s)
+        return s.sum(dim=1) if s.dim() == 2 else sum_except_batch(s)
 
 
 #: the default cap on an affine coupling's log-scale: a factor of at most e^5 ~ 148 per layer
@@ -132,7 +134,8 @@ class AffineCoupling(_Coupling):
     ``log|det dz/dx| = sum(s)``.
 
     The conditioner returns ``(raw_s, t)`` concatenated along dimension 1: ``(B, 2 * D_rest)`` for
-    a 1-D mask, ``(B, 2 * C, ...)`` for an event-shaped mask. The log-scale is bounded,
+    a 1-D mask (``(B, 2 * C_rest, H, W)`` when it splits an image's channels), ``(B, 2 * C, ...)``
+    for an event-shaped mask. The log-scale is bounded,
     ``s = scale * tanh(raw_s)``, with ``scale`` learned per feature (per channel for images), as in
     the paper's code. Zero-initialise the conditioner's last layer (``MLP`` does) and the layer
     starts as the identity; ``scale`` then starts at ``scale_init``, not at 0 as in the paper's
@@ -191,6 +194,8 @@ class AffineCoupling(_Coupling):
         bound = self.scale
         if self.max_scale is not None:
             bound = bound.clamp(-self.max_scale, self.max_scale)
+        if self.by_index and raw_s.dim() > 2:  # a channel split of images: per channel
+            bound = bound.reshape(-1, *[1] * (raw_s.dim() - 2))
         return bound * torch.tanh(raw_s), t  # tanh(0) = 0 where the mask keeps
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

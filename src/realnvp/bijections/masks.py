@@ -91,3 +91,19 @@ def channel_mask(channels: int, height: int, width: int, first: bool = True) -> 
         raise ConfigError(f"a channel mask needs an even number of channels, got {channels}")
     keep = torch.arange(channels) < channels // 2
     return (keep if first else ~keep)[:, None, None].expand(channels, height, width).clone()
+
+
+def packed_checkerboard_mask(channels: int, parity: int = 1) -> Tensor:
+    """A checkerboard as a channel split of the squeezed image: ``Squeeze`` puts pixel
+    ``(2h + i, 2w + j)`` of channel ``c`` in channel ``4c + 2i + j``, and ``i + j`` has the
+    parity of the pixel's row plus column, so ``checkerboard_mask(C, H, W, parity)`` keeps the
+    same pixels of ``x`` as this 1-D mask keeps channels of ``squeeze(x)``; shape ``(4C,)``.
+
+    Example:
+        >>> packed_checkerboard_mask(1).tolist()  # channels 1 and 2: pixels (0, 1) and (1, 0)
+        [False, True, True, False]
+    """
+    if channels < 1:
+        raise ConfigError(f"a checkerboard needs at least one channel, got {channels}")
+    k = torch.arange(4 * channels) % 4
+    return (k // 2 + k % 2) % 2 == parity % 2

@@ -33,6 +33,7 @@ MODEL_OPTIONS = {
     "batch_norm": "batch_norm",
     "actnorm": "actnorm",
     "conv1x1": "conv1x1",
+    "packed": "packed",
 }
 #: TrainConfig's fields and the option that sets each
 TRAIN_OPTIONS = {
@@ -310,6 +311,13 @@ def _image_options(p: argparse.ArgumentParser) -> None:
         action=switch,
         help="Glow's invertible 1x1 convolution (LU form) before every coupling of more than one "
         f"channel (default: {_on(image['conv1x1'])})",
+    )
+    g.add_argument(
+        "--packed",
+        action=switch,
+        help="each conditioner sees only the pixels its coupling keeps, packed as channels: "
+        "checkerboards on the squeezed image, at a quarter of the pixels (default: "
+        f"{_on(image['packed'])})",
     )
 
 

@@ -38,6 +38,8 @@ from realnvp.bijections import (
     Squeeze,
     channel_mask,
     checkerboard_mask,
+    half_mask,
+    packed_checkerboard_mask,
 )
 from realnvp.bijections.coupling import MAX_SCALE, Conditioner
 from realnvp.config import TrainConfig
@@ -124,37 +126,51 @@ class _Step:
     batch_norm: bool
     actnorm: bool
     conv1x1: bool
+    packed: bool
     scale_init: float
     max_scale: float | None
     classes: int
+
+
+def _coupling(shape: tuple[int, int, int], hidden: int, step: _Step, **split: Any) -> Bijection:
+    """One affine coupling of an image of ``shape``: a checkerboard (``parity=``) or a channel
+    split (``first=``), masked as in the paper, or packed (see ``MultiScaleRealNVP``)."""
+    c, h, w = shape
+    options = (step.scale_init, step.max_scale, step.classes)
+    if "parity" in split:
+        if step.packed and h % 2 == 0 and w % 2 == 0:  # a channel split of squeeze(x)
+            mask = packed_checkerboard_mask(c, split["parity"])
+            net = _conditioner(mask, hidden, step.blocks, checker=False)
+            return Compose([Squeeze(), AffineCoupling(mask, net, *options), Inverse(Squeeze())])
+        mask = checkerboard_mask(c, h, w, split["parity"])
+        return AffineCoupling(mask, _conditioner(mask, hidden, step.blocks, True), *options)
+    mask = half_mask(c, split["first"]) if step.packed else channel_mask(c, h, w, split["first"])
+    return AffineCoupling(mask, _conditioner(mask, hidden, step.blocks, False), *options)
 
 
 def _scale(shape: tuple[int, int, int], scales_left: int, hidden: int, step: _Step) -> Bijection:
     c, h, w = shape
     layers: list[Bijection] = []
 
-    def add(mask: Tensor, checker: bool) -> None:
-        channels = mask.shape[0]
+    def add(channels: int, coupling: Bijection) -> None:
         if step.actnorm:
             layers.append(ActNorm(channels))
         if step.conv1x1 and channels > 1:  # on one channel it would only scale it
             layers.append(InvertibleConv1x1(channels))
-        conditioner = _conditioner(mask, hidden, step.blocks, checker)
-        layers.append(
-            AffineCoupling(mask, conditioner, step.scale_init, step.max_scale, step.classes)
-        )
+        layers.append(coupling)
         if step.batch_norm:
             layers.append(BatchNorm(channels))
 
     if scales_left == 1:  # the last scale: 4 checkerboard couplings
         for i in range(4):
-            add(checkerboard_mask(c, h, w, parity=(i + 1) % 2), checker=True)
+            add(c, _coupling(shape, hidden, step, parity=(i + 1) % 2))
         return Compose(layers)
     for i in range(3):
-        add(checkerboard_mask(c, h, w, parity=(i + 1) % 2), checker=True)
+        add(c, _coupling(shape, hidden, step, parity=(i + 1) % 2))
     layers.append(Squeeze())
+    squeezed = (4 * c, h // 2, w // 2)
     for i in range(3):
-        add(channel_mask(4 * c, h // 2, w // 2, first=i % 2 == 0), checker=False)
+        add(4 * c, _coupling(squeezed, hidden, step, first=i % 2 == 0))
     inner = _scale((2 * c, h // 2, w // 2), scales_left - 1, 2 * hidden, step)
     layers += [FactorOut(inner), Inverse(Squeeze())]
     return Compose(layers)
@@ -222,6 +238,14 @@ class MultiScaleRealNVP(Flow):
         conv1x1: an ``InvertibleConv1x1`` (Glow's invertible 1x1 convolution, LU form) before
             every coupling of more than one channel: a learned mixing of the channels in place
             of relying on the fixed alternation of the masks alone.
+        packed: each conditioner sees only the pixels its coupling keeps, packed as channels,
+            and computes parameters only for the others. A checkerboard coupling runs on
+            ``squeeze(x)``, where one checkerboard's pixels are two of every four channels
+            (``packed_checkerboard_mask``), so its ResNet works on a quarter of the pixels; a
+            channel coupling's ResNet sees the kept half of the channels. The same splits of the
+            pixels, for a fraction of the convolutions' work (False: the
+            paper's full-resolution masked inputs, with the mask as an extra channel). A scale
+            of odd height or width keeps masked checkerboards.
 
     Example:
         >>> flow = MultiScaleRealNVP((1, 8, 8), levels=17, hidden_channels=8, num_blocks=1)
@@ -257,10 +281,13 @@ class MultiScaleRealNVP(Flow):
         class_prior: bool = True,
         actnorm: bool = False,
         conv1x1: bool = False,
+        packed: bool = False,
     ):
         shape = tuple(int(s) for s in shape)
         num_scales = _check_sizes(shape, num_scales, hidden_channels, num_blocks, num_classes)
-        step = _Step(num_blocks, batch_norm, actnorm, conv1x1, scale_init, max_scale, num_classes)
+        step = _Step(
+            num_blocks, batch_norm, actnorm, conv1x1, packed, scale_init, max_scale, num_classes
+        )
         body = _scale(shape, num_scales, hidden_channels, step)
         conditional = num_classes > 0
         base = (
@@ -283,7 +310,7 @@ class MultiScaleRealNVP(Flow):
         }
         if conditional:
             self.config.update(num_classes=num_classes, class_prior=class_prior)
-        for name, on in [("actnorm", actnorm), ("conv1x1", conv1x1)]:
+        for name, on in [("actnorm", actnorm), ("conv1x1", conv1x1), ("packed", packed)]:
             if on:  # saved only when on, so runs from before these options read the same
                 self.config[name] = True
 
