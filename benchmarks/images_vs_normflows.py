@@ -4,8 +4,9 @@ Both models: the logit preprocessing (alpha = 0.05) inside the likelihood; per s
 couplings, squeeze, 3 channel-wise couplings, factor out half; the last scale 4 checkerboard
 couplings; affine couplings whose conditioners are ResNets of the same width (doubled per scale)
 and depth, with batch norm, zero-initialised outputs; a standard normal base. Ours also has the
-paper's batch-norm bijection after each coupling, weight norm and the tanh-bounded log-scale;
-normflows has neither (its ``exp`` scale is unbounded). normflows' checkerboard split needs an
+paper's batch-norm bijection after each coupling (``--variant`` may trade it for Glow's actnorm),
+weight norm and the tanh-bounded log-scale; normflows has none of them (its ``exp`` scale is
+unbounded). normflows' checkerboard split needs an
 even width, so MNIST uses 2 scales here (28 -> 14) for both.
 
 One loop trains both: Adam lr 1e-3 with cosine decay, batch 64, fresh uniform dequantization
@@ -99,7 +100,8 @@ def main() -> None:
         "--variant",
         choices=list(VARIANTS),
         default="paper",
-        help="ours only: the paper's model, or with Glow's actnorm and/or 1x1 convolutions",
+        help="ours only: the paper's model; with Glow's actnorm and/or 1x1 convolutions; packed "
+        "conditioners (MultiScaleRealNVP(packed=True)); or packed with Glow's layers",
     )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--scales", type=int, default=2)
@@ -110,6 +112,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="append the result as a JSON line to this file")
     args = parser.parse_args()
+    if args.lib != "ours" and args.variant != "paper":
+        parser.error("--variant is a variant of ours: use it with --lib ours")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = load_images(args.data)

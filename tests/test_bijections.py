@@ -213,6 +213,14 @@ CASES.update(
         "logit": (lambda: Logit(levels=4, alpha=0.05), (2, 2, 2), pixels),
         "multiscale-model": (tiny_multiscale, (1, 4, 4), pixels),
         "multiscale-model-packed": (lambda: tiny_multiscale(packed=True), (1, 4, 4), pixels),
+        # 6 -> 3: the second scale is odd, so its checkerboards stay masked
+        "multiscale-model-packed-odd": (
+            lambda: MultiScaleRealNVP(
+                (1, 6, 6), 4, num_scales=2, hidden_channels=4, num_blocks=1, packed=True
+            ).transform.eval(),
+            (1, 6, 6),
+            pixels,
+        ),
         "affine-channel-split-of-images": (
             lambda: AffineCoupling(torch.tensor([True, False, False, True]), ConvNet(2, 2)),
             (4, 3, 2),

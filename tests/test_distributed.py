@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from realnvp import RealNVP
-from realnvp.bijections import BatchNorm
+from realnvp.bijections import ActNorm, BatchNorm
 from realnvp.nn import BatchNorm2d as ResNetBatchNorm2d
 from realnvp.training import TrainConfig, Trainer
 from realnvp.training.checkpoint import load_model
@@ -175,6 +175,8 @@ def _batch_norm_worker(
 def make_batch_norm(kind: str) -> torch.nn.Module:
     if kind == "bijection":
         return BatchNorm(3, momentum=0.5).double()
+    if kind == "actnorm":  # initialised by its first batch: the global batch's moments
+        return ActNorm(3).double()
     torch.manual_seed(0)
     module = ResNetBatchNorm2d(3, momentum=0.5).double()
     with torch.no_grad():
@@ -183,7 +185,7 @@ def make_batch_norm(kind: str) -> torch.nn.Module:
     return module
 
 
-@pytest.mark.parametrize("kind", ["bijection", "conditioner"])
+@pytest.mark.parametrize("kind", ["bijection", "conditioner", "actnorm"])
 def test_batch_norm_statistics_are_those_of_the_global_batch(tmp_path: Path, kind: str) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 3, 4, 4, generator=g, dtype=torch.float64) * 2 + 1

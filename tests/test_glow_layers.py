@@ -111,6 +111,10 @@ def test_model_places_the_layers_before_every_coupling() -> None:
     # 2 scales: 3 checkerboard couplings on 1 channel get no 1x1 convolution, the other 7 do
     assert couplings == 10 and names.count("InvertibleConv1x1") == 7
     assert flow.config["actnorm"] is True and flow.config["conv1x1"] is True
+    first_scale = [type(m).__name__ for m in flow.transform.layers[1].layers][:6]
+    assert first_scale == ["ActNorm", "AffineCoupling"] * 3  # 1 channel: no 1x1 convolution
+    squeezed = [type(m).__name__ for m in flow.transform.layers[1].layers][7:10]
+    assert squeezed == ["ActNorm", "InvertibleConv1x1", "AffineCoupling"]
     plain = MultiScaleRealNVP((1, 8, 8), 17, hidden_channels=4, num_blocks=1)
     assert "actnorm" not in plain.config and "conv1x1" not in plain.config  # old runs read alike
 
@@ -161,4 +165,25 @@ def test_cli_trains_the_glow_options(tmp_path: Path, capsys: pytest.CaptureFixtu
     line = fails(["train", "moons", "--out", str(tmp_path / "t"), "--actnorm"], capsys)
     assert "--actnorm: not an option of RealNVP" in line
     line = fails([*args, "--resume", "--no-actnorm"], capsys)
-    assert "was started with --actnorm True, not False" in line
+    assert "was started with --actnorm, not --no-actnorm" in line
+
+
+def test_actnorm_reads_a_loaded_state_again() -> None:
+    """It reads ``initialized`` once and then trusts its own flag (no sync per step); a
+    loaded state_dict makes it read the buffer again."""
+    an = ActNorm(3).double()
+    an(images(16, 0))
+    an.load_state_dict(ActNorm(3).double().state_dict())  # a state never initialised
+    x = images(16, 1) * 3
+    an(x)
+    assert torch.allclose(an.loc, x.mean([0, 2, 3]), rtol=1e-12)
+
+
+def test_conv1x1_is_exact_under_bf16_autocast() -> None:
+    """Rounding the data to bfloat16 would be another map than the one whose log-det counts."""
+    torch.manual_seed(0)
+    conv = InvertibleConv1x1(4)
+    x = torch.randn(3, 4, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, _ = conv(x)
+    assert z.dtype == torch.float32 and torch.equal(z, conv(x)[0])

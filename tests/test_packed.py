@@ -72,16 +72,27 @@ def test_channel_split_of_images_conditions_on_the_kept_channels_alone() -> None
 
 def test_packed_class_conditional_model_scores_per_label() -> None:
     torch.manual_seed(0)
+    # a standard normal base (no per-class prior): only the couplings can use the label
     flow = MultiScaleRealNVP(
-        (1, 8, 8), 17, hidden_channels=4, num_blocks=1, num_classes=3, packed=True
+        (1, 8, 8),
+        17,
+        hidden_channels=4,
+        num_blocks=1,
+        num_classes=3,
+        packed=True,
+        class_prior=False,
     )
     x = dequantize(torch.randint(0, 17, (4, 1, 8, 8)))
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.05 * torch.randn(p.shape))
+    seen = []
+    packed = flow.transform.layers[1].layers[0].layers[1]  # the first, squeezed, coupling
+    packed.conditioner.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     flow.eval()
     a, b = flow.log_prob(x, torch.tensor([0, 0, 0, 0])), flow.log_prob(x, torch.tensor([1] * 4))
     assert torch.isfinite(a).all() and (a - b).abs().max() > 1e-4
+    assert seen[0] == 2 + 3  # the 2 kept channels of squeeze(x) and the label one-hot
     assert flow.sample(3, 2).shape == (3, 1, 8, 8)
 
 

@@ -34,8 +34,8 @@ class _Coupling(Bijection):
 
     A conditional layer (``context_features`` > 0) takes a context of that many features per
     batch element, ``(B, context_features)``, and its conditioner sees it beside the kept
-    features: concatenated to them for a 1-D mask, as constant channels of the image for an
-    event-shaped mask (``in_size`` counts them). The kept features still pass through unchanged,
+    features: concatenated to them for vectors, as constant channels for images (either
+    mask; ``in_size`` counts them). The kept features still pass through unchanged,
     so the layer is invertible, with the same log-det, for each context value."""
 
     #: how many tensors the conditioner yields per transformed feature (t; or log-scale and t)

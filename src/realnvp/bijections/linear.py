@@ -21,9 +21,11 @@ class InvertibleConv1x1(Bijection):
 
     Exact and cheap both ways: ``log|det dz/dx| = sum(log_s)`` times the pixels of one example,
     read off the diagonal with no determinant computed; the inverse solves the two triangular
-    systems (no matrix inversion). ``W`` starts as a random rotation (a QR of normal draws from
-    torch's generator), whose LU factors give the initial parameters, so the layer starts with
-    log-det 0 and mixes every channel with every other.
+    systems (no matrix inversion). ``W`` starts as a random orthogonal matrix (a QR of normal
+    draws from torch's generator), whose LU factors give the initial parameters, so the layer
+    starts with log-det 0 and mixes every channel with every other. The map runs in the input's
+    dtype even under autocast (``--bf16``): rounding the data to bfloat16 here would make it
+    another map than the one whose log-det is counted.
 
     Args:
         channels: size of dimension 1, at least 2 (on one channel it would only scale it: use
@@ -42,14 +44,15 @@ class InvertibleConv1x1(Bijection):
         super().__init__()
         if channels < 2:
             raise ConfigError(f"channels must be at least 2, got {channels}")
-        rotation, _ = torch.linalg.qr(torch.randn(channels, channels, dtype=torch.float64))
-        p, lower, upper = torch.linalg.lu(rotation)
+        orthogonal, _ = torch.linalg.qr(torch.randn(channels, channels, dtype=torch.float64))
+        p, lower, upper = torch.linalg.lu(orthogonal)
         diagonal = torch.diagonal(upper)
-        self.register_buffer("permutation", p.float())
-        self.register_buffer("sign", torch.sign(diagonal).float())
-        self.lower = nn.Parameter(torch.tril(lower, -1).float())
-        self.upper = nn.Parameter(torch.triu(upper, 1).float())
-        self.log_s = nn.Parameter(diagonal.abs().log().float())
+        dtype = torch.get_default_dtype()
+        self.register_buffer("permutation", p.to(dtype))
+        self.register_buffer("sign", torch.sign(diagonal).to(dtype))
+        self.lower = nn.Parameter(torch.tril(lower, -1).to(dtype))
+        self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
+        self.log_s = nn.Parameter(diagonal.abs().log().to(dtype))
 
     def factors(self) -> tuple[Tensor, Tensor]:
         """``L`` (unit lower triangular) and ``U + diag(sign * exp(log_s))`` (upper)."""
@@ -74,10 +77,12 @@ class InvertibleConv1x1(Bijection):
         return (math.prod(x.shape[2:]) * self.log_s.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return _mix(x, self.weight()), self._log_det(x)
+        with torch.autocast(x.device.type, enabled=False):  # W and W x in x's dtype
+            return _mix(x, self.weight()), self._log_det(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return _mix(z, self.inverse_weight()), -self._log_det(z)
+        with torch.autocast(z.device.type, enabled=False):
+            return _mix(z, self.inverse_weight()), -self._log_det(z)
 
     def extra_repr(self) -> str:
         return f"{len(self.log_s)}"
@@ -85,6 +90,7 @@ class InvertibleConv1x1(Bijection):
 
 def _mix(x: Tensor, w: Tensor) -> Tensor:
     """``w`` applied to dimension 1 of ``x`` at every other index."""
+    w = w.to(x.dtype)
     if x.dim() == 2:
         return x @ w.T
     if x.dim() == 4:

@@ -4,6 +4,7 @@ and activation normalization (Kingma and Dhariwal 2018, Glow, section 3.1)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -141,6 +142,11 @@ class ActNorm(Bijection):
         self.loc = nn.Parameter(torch.zeros(features))
         self.log_scale = nn.Parameter(torch.zeros(features))
         self.register_buffer("initialized", torch.tensor(False))
+        self._seen_initialized = False  # the buffer read once, so later steps need no sync
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._seen_initialized = False  # read the loaded buffer again
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -155,8 +161,10 @@ class ActNorm(Bijection):
         return (-_pixels(x) * self.log_scale.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
-            self.initialize(x)
+        if self.training and not self._seen_initialized:
+            if not bool(self.initialized):
+                self.initialize(x)
+            self._seen_initialized = True
         z = (x - _per_feature(self.loc, x)) * torch.exp(-_per_feature(self.log_scale, x))
         return z, self._log_det(x)
 

@@ -259,6 +259,15 @@ def _shown(value: Any) -> Any:
     return format(value, "g") if isinstance(value, float) else value
 
 
+def _spelled(dest: str, value: Any, again: bool = True) -> str:
+    """An option with its value as the command line spells it: ``--lr 0.001`` (or ``0.001``
+    with ``again=False``, where the flag was just named); a switch ``--actnorm`` or
+    ``--no-actnorm``."""
+    if isinstance(value, bool) and dest not in SWITCHES:
+        return flag(dest) if value else "--no-" + flag(dest)[2:]
+    return f"{flag(dest)} {_shown(value)}" if again else str(_shown(value))
+
+
 def _check_model_options(args: argparse.Namespace, kind: type[Flow]) -> None:
     """Refuse a model option that the data's kind of model does not take (--layers for images)."""
     foreign = [dest for name, dest in MODEL_OPTIONS.items() if name not in kind.defaults()]
@@ -298,9 +307,9 @@ def _resume_settings(args: argparse.Namespace, kind: type[Flow]) -> TrainConfig:
     except ResumeConflict as conflict:
         dest = OPTIONS.get(conflict.name, conflict.name)
         raise UsageError(
-            f"{args.out}: was started with {flag(dest)} {_shown(conflict.saved)}, not "
-            f"{_shown(conflict.given)}; a resumed run keeps its settings (leave the option out, or "
-            "start a new run with another --out)"
+            f"{args.out}: was started with {_spelled(dest, conflict.saved)}, not "
+            f"{_spelled(dest, conflict.given, again=False)}; a resumed run keeps its settings "
+            "(leave the option out, or start a new run with another --out)"
         ) from None
     return saved_config(args.out, {**saved["train"], "compile": args.compile})
 

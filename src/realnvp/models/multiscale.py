@@ -2,8 +2,9 @@
 
 Each scale but the last runs 3 couplings with alternating checkerboard masks, a squeeze, 3
 couplings with alternating channel-wise masks, and factors out half of its channels; the last scale
-runs 4 checkerboard couplings. Every coupling is followed by a batch-norm bijection, and its
-conditioner is a ResNet with weight norm whose width doubles at each scale. A ``Logit`` in front
+runs 4 checkerboard couplings. Every coupling is followed by a batch-norm bijection (optional;
+Glow's actnorm and invertible 1x1 convolution are options too), and its conditioner is a ResNet
+with weight norm whose width doubles at each scale. A ``Logit`` in front
 maps pixels to the real line, inside the likelihood.
 
 Bits per dimension, as the paper and its code report them: the model is a density over
@@ -233,8 +234,8 @@ class MultiScaleRealNVP(Flow):
             each class and latent dimension, so each factored-out level gets its own per class
             (Glow's class-conditional prior; ``ConditionalNormal``). False: a standard normal.
         actnorm: an ``ActNorm`` (Glow's activation normalization, initialised from the first
-            training batch) before every coupling; with ``batch_norm=False``, Glow's choice, the
-            model no longer depends on the batch in training.
+            training batch) before every coupling; with ``batch_norm=False``, Glow's choice, in
+            place of the batch-norm bijections (the ResNets keep their own batch norms).
         conv1x1: an ``InvertibleConv1x1`` (Glow's invertible 1x1 convolution, LU form) before
             every coupling of more than one channel: a learned mixing of the channels in place
             of relying on the fixed alternation of the masks alone.
@@ -244,8 +245,8 @@ class MultiScaleRealNVP(Flow):
             (``packed_checkerboard_mask``), so its ResNet works on a quarter of the pixels; a
             channel coupling's ResNet sees the kept half of the channels. The same splits of the
             pixels, for a fraction of the convolutions' work (False: the
-            paper's full-resolution masked inputs, with the mask as an extra channel). A scale
-            of odd height or width keeps masked checkerboards.
+            paper's full-resolution masked inputs, with a checkerboard's mask as an extra
+            channel). A scale of odd height or width keeps masked checkerboards.
 
     Example:
         >>> flow = MultiScaleRealNVP((1, 8, 8), levels=17, hidden_channels=8, num_blocks=1)

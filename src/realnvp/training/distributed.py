@@ -9,7 +9,9 @@ What each rank does, so that N processes reproduce one process with the same glo
 - dequantization noise is drawn for the whole global batch and sliced the same way, so each rank
   gets different noise and the union is the single-process noise;
 - the batch-norm bijection all-reduces its moments (``BatchNorm`` calls ``all_reduce_moments``),
-  because they enter the log-det, and so do the batch norms inside the ResNet conditioners
+  because they enter the log-det, and so does ``ActNorm``'s initialisation from the first batch
+  (every rank starts from the global batch's moments), and so do the batch norms inside the
+  ResNet conditioners
   (``realnvp.nn.BatchNorm2d``, on CPU and GPU alike); ``DistributedDataParallel`` averages the
   gradients;
 - reported losses and NLLs are all-reduced sums, so they are those of the global batch and the
