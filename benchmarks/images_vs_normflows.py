@@ -169,6 +169,7 @@ def main() -> None:
         "test_bits_per_dim": round(bpd.mean().item(), 4),
         "test_bits_per_dim_se": round(bpd.std().item() / math.sqrt(len(bpd)), 4),
         "nonfinite_steps": nonfinite,
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     print(json.dumps(result))
