@@ -14,6 +14,11 @@ from realnvp.bijections.base import Bijection
 from realnvp.errors import ConfigError
 
 
+def _per_feature(v: Tensor, x: Tensor) -> Tensor:
+    """A (features,) tensor shaped to broadcast over ``x``'s dimension 1."""
+    return v.reshape(1, -1, *[1] * (x.dim() - 2))
+
+
 def feature_moments(x: Tensor, who: str) -> tuple[Tensor, Tensor]:
     """Mean and (biased) variance of each feature (dimension 1) over the batch and any spatial
     dims; under DistributedDataParallel, over the global batch of all ranks. ``who`` names the
@@ -25,13 +30,8 @@ def feature_moments(x: Tensor, who: str) -> tuple[Tensor, Tensor]:
     if x.numel() // x.shape[1] < 2:
         raise ConfigError(f"{who} needs more than one value per feature")
     mean = x.mean(dims)
-    var = (x - mean.reshape(1, -1, *[1] * (x.dim() - 2))).square().mean(dims)
+    var = (x - _per_feature(mean, x)).square().mean(dims)
     return mean, var
-
-
-def _per_feature(v: Tensor, x: Tensor) -> Tensor:
-    """A (features,) tensor shaped to broadcast over ``x``'s dimension 1."""
-    return v.reshape(1, -1, *[1] * (x.dim() - 2))
 
 
 def _pixels(x: Tensor) -> int:

@@ -133,20 +133,25 @@ class _Step:
     classes: int
 
 
-def _coupling(shape: tuple[int, int, int], hidden: int, step: _Step, **split: Any) -> Bijection:
-    """One affine coupling of an image of ``shape``: a checkerboard (``parity=``) or a channel
-    split (``first=``), masked as in the paper, or packed (see ``MultiScaleRealNVP``)."""
+def _checkerboard(shape: tuple[int, int, int], parity: int, hidden: int, step: _Step) -> Bijection:
+    """A checkerboard coupling of an image of ``shape``: masked as in the paper, or packed, a
+    channel split of ``squeeze(x)`` (see ``MultiScaleRealNVP``; odd sizes stay masked)."""
     c, h, w = shape
     options = (step.scale_init, step.max_scale, step.classes)
-    if "parity" in split:
-        if step.packed and h % 2 == 0 and w % 2 == 0:  # a channel split of squeeze(x)
-            mask = packed_checkerboard_mask(c, split["parity"])
-            net = _conditioner(mask, hidden, step.blocks, checker=False)
-            return Compose([Squeeze(), AffineCoupling(mask, net, *options), Inverse(Squeeze())])
-        mask = checkerboard_mask(c, h, w, split["parity"])
-        return AffineCoupling(mask, _conditioner(mask, hidden, step.blocks, True), *options)
-    mask = half_mask(c, split["first"]) if step.packed else channel_mask(c, h, w, split["first"])
-    return AffineCoupling(mask, _conditioner(mask, hidden, step.blocks, False), *options)
+    if step.packed and h % 2 == 0 and w % 2 == 0:
+        mask = packed_checkerboard_mask(c, parity)
+        net = _conditioner(mask, hidden, step.blocks, checker=False)
+        return Compose([Squeeze(), AffineCoupling(mask, net, *options), Inverse(Squeeze())])
+    mask = checkerboard_mask(c, h, w, parity)
+    return AffineCoupling(mask, _conditioner(mask, hidden, step.blocks, True), *options)
+
+
+def _channel_split(shape: tuple[int, int, int], first: bool, hidden: int, step: _Step) -> Bijection:
+    """A channel-wise coupling: a masked image as in the paper, or packed, the kept channels."""
+    c, h, w = shape
+    mask = half_mask(c, first) if step.packed else channel_mask(c, h, w, first)
+    net = _conditioner(mask, hidden, step.blocks, checker=False)
+    return AffineCoupling(mask, net, step.scale_init, step.max_scale, step.classes)
 
 
 def _scale(shape: tuple[int, int, int], scales_left: int, hidden: int, step: _Step) -> Bijection:
@@ -164,14 +169,14 @@ def _scale(shape: tuple[int, int, int], scales_left: int, hidden: int, step: _St
 
     if scales_left == 1:  # the last scale: 4 checkerboard couplings
         for i in range(4):
-            add(c, _coupling(shape, hidden, step, parity=(i + 1) % 2))
+            add(c, _checkerboard(shape, (i + 1) % 2, hidden, step))
         return Compose(layers)
     for i in range(3):
-        add(c, _coupling(shape, hidden, step, parity=(i + 1) % 2))
+        add(c, _checkerboard(shape, (i + 1) % 2, hidden, step))
     layers.append(Squeeze())
     squeezed = (4 * c, h // 2, w // 2)
     for i in range(3):
-        add(4 * c, _coupling(squeezed, hidden, step, first=i % 2 == 0))
+        add(4 * c, _channel_split(squeezed, i % 2 == 0, hidden, step))
     inner = _scale((2 * c, h // 2, w // 2), scales_left - 1, 2 * hidden, step)
     layers += [FactorOut(inner), Inverse(Squeeze())]
     return Compose(layers)
