@@ -208,6 +208,11 @@ class Protocol:
     patience: int = 20
     val_fraction: float = 0.1
     grad_clip: float | None = 5.0
+    #: the decay of the weights' moving average that is validated and kept (0: none, sbi's
+    #: recipe; realnvp's ``TrainConfig.ema``, with its warm-up ``(1 + t) / (10 + t)``)
+    ema: float = 0.0
+    #: Adam's L2 weight decay (0: none, sbi's recipe; realnvp's ``TrainConfig.weight_decay``)
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -301,6 +306,8 @@ class RealNVPEstimator(Estimator):
             eval_every=per_epoch,
             patience=protocol.patience,
             seed=seed,
+            ema=protocol.ema,
+            weight_decay=protocol.weight_decay,
         )
         self.flow, history = fit_data(
             theta_train,
@@ -481,6 +488,16 @@ def _moments(a: NDArray) -> tuple[NDArray, NDArray]:
     return a.mean(0), np.where(std > 0, std, 1.0)
 
 
+def _swap(params: list[Tensor], weights: list[Tensor] | None) -> list[Tensor] | None:
+    """Put ``weights`` into ``params`` (nothing if None); returns the weights they held."""
+    if weights is None:
+        return None
+    held = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        torch._foreach_copy_(params, weights)
+    return held
+
+
 def train_peer(
     net: nn.Module,
     log_prob: Callable[[Tensor, Tensor], Tensor],
@@ -497,8 +514,11 @@ def train_peer(
     n = len(t_train)
     per_epoch = n // min(protocol.batch_size, n)
     batches: Iterator[Tensor] = batch_indices(n, protocol.batch_size, seed)
-    opt = make_optimizer(net.parameters(), protocol.lr)
-    best, best_epoch, best_state, bad, epoch = math.inf, 0, None, 0, 0
+    params = list(net.parameters())
+    opt = make_optimizer(params, protocol.lr, protocol.weight_decay)
+    # the moving average of the weights, as realnvp's Trainer keeps it (protocol.ema)
+    average = [p.detach().clone() for p in params] if protocol.ema else None
+    best, best_epoch, best_state, bad, epoch, step = math.inf, 0, None, 0, 0, 0
     start = time.perf_counter()
     net.train()
     while epoch < protocol.max_epochs and bad < protocol.patience:
@@ -510,18 +530,25 @@ def train_peer(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if protocol.grad_clip is not None:
-                nn.utils.clip_grad_norm_(net.parameters(), protocol.grad_clip)
+                nn.utils.clip_grad_norm_(params, protocol.grad_clip)
             opt.step()
+            if average is not None:
+                decay = min(protocol.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(average, params, 1 - decay)
+            step += 1
         epoch += 1
         net.eval()
+        live = _swap(params, average)
         with torch.no_grad():
             val_nll = -log_prob(t_val, c_val).mean().item()
-        net.train()
         if val_nll < best:
             best, best_epoch, bad = val_nll, epoch, 0
             best_state = copy.deepcopy(net.state_dict())
         else:
             bad += 1
+        _swap(params, live)
+        net.train()
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
@@ -763,15 +790,24 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # -- the report and the figure -----------------------------------------------------------------
+def recipe(record: dict[str, Any]) -> str:
+    """The training recipe a record ran under: ``"sbi"`` (no weight average, no weight decay:
+    sbi's) or ``"ema 0.995, wd 0.003"``; records before these options were sbi's."""
+    protocol = record.get("protocol", {})
+    ema, wd = protocol.get("ema", 0.0), protocol.get("weight_decay", 0.0)
+    return "sbi" if not (ema or wd) else f"ema {ema:g}, wd {wd:g}"
+
+
 def load(paths: list[Path]) -> list[dict[str, Any]]:
-    """The run records of the files, the last one of each (task, budget, estimator, seed)."""
+    """The run records of the files, the last one of each (task, budget, estimator, seed,
+    recipe)."""
     latest: dict[tuple, dict[str, Any]] = {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
                 if r.get("kind") == "run":
-                    latest[(r["task"], r["budget"], r["estimator"], r["seed"])] = r
+                    latest[(r["task"], r["budget"], r["estimator"], r["seed"], recipe(r))] = r
     return list(latest.values())
 
 
@@ -781,15 +817,17 @@ def report(records: list[dict[str, Any]]) -> str:
     the fast-vs-exact C2ST check where there is one."""
     lines: list[str] = []
     order = {t: i for i, t in enumerate(TASKS)}
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault((r["task"], r["budget"]), []).append(r)
-    for (task, budget), rs in sorted(groups.items(), key=lambda g: (order[g[0][0]], g[0][1])):
+        groups.setdefault((r["task"], r["budget"], recipe(r)), []).append(r)
+    for (task, budget, how), rs in sorted(
+        groups.items(), key=lambda g: (order[g[0][0]], g[0][1], g[0][2] != "sbi", g[0][2])
+    ):
         rs.sort(key=lambda r: (ESTIMATORS.index(r["estimator"]), r["seed"]))
         n_obs = sorted({len(r["c2st"]) for r in rs})
         methods = sorted({r["c2st_method"] for r in rs})
         lines += [
-            f"### {task}, {budget:,} simulations ({'/'.join(methods)} C2ST, "
+            f"### {task}, {budget:,} simulations, recipe {how} ({'/'.join(methods)} C2ST, "
             f"{'/'.join(map(str, n_obs))} observations; mean ± std over observations)",
             "",
             "| estimator | seed | C2ST | test NLL | calib. err. | min accept. | epochs (best) "
@@ -875,19 +913,22 @@ def figure(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     order = {t: i for i, t in enumerate(TASKS)}
-    keys = sorted({(r["task"], r["budget"]) for r in records}, key=lambda k: (order[k[0]], k[1]))
+    keys = sorted(
+        {(r["task"], r["budget"], recipe(r)) for r in records},
+        key=lambda k: (order[k[0]], k[1], k[2] != "sbi", k[2]),
+    )
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 4), squeeze=False)
     levels = np.linspace(0, 1, 101)
-    for ax, (task, budget) in zip(axes[0], keys, strict=True):
+    for ax, (task, budget, how) in zip(axes[0], keys, strict=True):
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
-        rs = [r for r in records if (r["task"], r["budget"]) == (task, budget)]
+        rs = [r for r in records if (r["task"], r["budget"], recipe(r)) == (task, budget, how)]
         for name in ESTIMATORS:
             mine = sorted((r for r in rs if r["estimator"] == name), key=lambda r: r["seed"])
             if mine:
                 r = mine[0]
                 cov = coverage_curve(np.asarray(r["coverage_ranks"]), levels)
                 ax.plot(levels, cov, label=f"{name} ({r['calibration_error']:.3f})")
-        ax.set_title(f"{task}, {budget:,} sims")
+        ax.set_title(f"{task}, {budget:,} sims" + ("" if how == "sbi" else f"\n{how}"))
         ax.set_xlabel("nominal credibility level")
         ax.set_ylabel("empirical coverage")
         ax.set_aspect("equal")
@@ -926,6 +967,12 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=Protocol.max_epochs)
     parser.add_argument("--patience", type=int, default=Protocol.patience)
     parser.add_argument(
+        "--ema", type=float, default=Protocol.ema, help="weights' moving average, every estimator"
+    )
+    parser.add_argument(
+        "--weight-decay", type=float, default=Protocol.weight_decay, help="every estimator"
+    )
+    parser.add_argument(
         "--model", type=json.loads, default=None, help="realnvp's options as JSON (tuning only)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sbi_npe.jsonl"))
@@ -941,7 +988,12 @@ def main() -> None:
     if not 1 <= args.observations <= NUM_OBSERVATIONS:
         parser.error(f"--observations must be in 1..{NUM_OBSERVATIONS}")
     args.protocol = Protocol(
-        batch_size=args.batch_size, lr=args.lr, max_epochs=args.max_epochs, patience=args.patience
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        ema=args.ema,
+        weight_decay=args.weight_decay,
     )
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)

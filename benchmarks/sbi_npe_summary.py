@@ -12,10 +12,10 @@ from github.com/sbi-benchmark/results, ``benchmarking_sbi/results/main_paper.csv
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
-from pathlib import Path
+
+from sbi_npe import load, recipe
 
 PAPER_10K = {
     "two_moons": [0.542, 0.571, 0.646, 0.674, 0.588, 0.576, 0.617, 0.599, 0.616, 0.634],
@@ -26,37 +26,39 @@ ESTIMATORS = ["realnvp", "realnvp_spline", "zuko_nsf", "zuko_maf", "nflows_maf"]
 
 
 def main(path: str) -> None:
-    runs = {}
-    for line in Path(path).read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "run":
-            runs[(record["task"], record["budget"], record["estimator"])] = record
-    budgets = sorted({budget for _, budget, _ in runs})
-    for budget in budgets:
-        table(runs, budget)
+    runs = {(r["task"], r["budget"], r["estimator"], recipe(r)): r for r in load([path])}
+    settings = sorted({(b, how) for _, b, _, how in runs}, key=lambda k: (k[0], k[1] != "sbi"))
+    for budget, how in settings:
+        table(runs, budget, how)
         print()
-    print("| task, simulations | " + " | ".join(f"{e} calib. err." for e in ESTIMATORS) + " |")
+    print(
+        "| task, simulations, recipe | " + " | ".join(f"{e} calib. err." for e in ESTIMATORS) + " |"
+    )
     print("|---|" + "---|" * len(ESTIMATORS))
-    for budget in budgets:
+    for budget, how in settings:
         for task in PAPER_10K:
-            errors = [runs.get((task, budget, e), {}).get("calibration_error") for e in ESTIMATORS]
+            errors = [
+                runs.get((task, budget, e, how), {}).get("calibration_error") for e in ESTIMATORS
+            ]
             if any(e is not None for e in errors):
                 cells = " | ".join("-" if e is None else f"{e:.3f}" for e in errors)
-                print(f"| {task}, {budget:,} | {cells} |")
+                print(f"| {task}, {budget:,}, {how} | {cells} |")
 
 
-def table(runs: dict, budget: int) -> None:
-    """Mean C2ST ± std per task and estimator at one simulation budget; the paper's NPE beside
-    the 10,000-simulation table (the only budget whose figures are quoted here)."""
+def table(runs: dict, budget: int, how: str) -> None:
+    """Mean C2ST ± std per task and estimator at one simulation budget and training recipe;
+    the paper's NPE beside the 10,000-simulation table (the only budget quoted here)."""
     anchor_head = "sbibm paper NPE-NSF, same obs." if budget == 10_000 else "sbibm paper"
     print(
-        f"| task (C2ST), {budget:,} simulations | " + " | ".join(ESTIMATORS) + f" | {anchor_head} |"
+        f"| task (C2ST), {budget:,} simulations, recipe {how} | "
+        + " | ".join(ESTIMATORS)
+        + f" | {anchor_head} |"
     )
     print("|---|" + "---|" * (len(ESTIMATORS) + 1))
     for task, paper in PAPER_10K.items():
         cells, method, observations = [], "", []
         for name in ESTIMATORS:
-            r = runs.get((task, budget, name))
+            r = runs.get((task, budget, name, how))
             if r is None:
                 cells.append("not run")
                 continue
