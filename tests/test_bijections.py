@@ -18,6 +18,7 @@ from realnvp.bijections import (
     BatchNorm,
     Bijection,
     Compose,
+    ContextAffine,
     FactorOut,
     Inverse,
     InvertibleConv1x1,
@@ -111,6 +112,29 @@ CASES: dict[str, tuple] = {
                 context_features=2,
             ),
             torch.tensor([[0.5, -1.0]]),
+        ),
+        (3,),
+        spread,
+    ),
+    "context-affine-D3": (
+        lambda: FixedContext(
+            ContextAffine(3, lambda i, o: MLP(i, o, 16, 2), context_features=2),
+            torch.tensor([[0.5, -1.0]]),
+        ),
+        (3,),
+    ),
+    "realnvp-context-affine-spline-transform": (
+        lambda: FixedContext(
+            RealNVP(
+                3,
+                num_layers=2,
+                hidden_features=16,
+                coupling="spline",
+                tail_bound=1.5,
+                context_features=2,
+                context_affine=True,
+            ).transform,
+            torch.tensor([[-0.3, 0.8]]),
         ),
         (3,),
         spread,

@@ -13,10 +13,12 @@ from torch import nn
 
 from helpers import randomize
 from realnvp import MultiScaleRealNVP, RealNVP
+from realnvp.bijections import ContextAffine
 from realnvp.config import TrainConfig
 from realnvp.distributions import ConditionalNormal
 from realnvp.errors import ConfigError
 from realnvp.models import build_flow, dequantize
+from realnvp.nn import MLP
 from realnvp.training import fit
 from realnvp.training.runs import fit_data
 from test_bijections import jacobian_log_det
@@ -154,6 +156,35 @@ def test_a_conditional_table_rebuilds_from_its_spec() -> None:
     again.load_state_dict(flow.state_dict())
     x, c = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
     assert torch.equal(again.log_prob(x, c), flow.log_prob(x, c))
+
+
+def test_a_conditional_table_defaults_to_splines_after_a_context_affine() -> None:
+    rng = np.random.default_rng(0)
+    x, c = rng.normal(size=(500, 3)), rng.normal(size=(500, 2))
+    flow = RealNVP.for_data(x, context=c)
+    assert flow.config["coupling"] == "spline" and flow.config["context_affine"] is True
+    assert isinstance(flow.transform.layers[1], ContextAffine)
+    linear = [m for m in flow.transform.layers[1].modules() if isinstance(m, nn.Linear)]
+    assert linear[0].in_features == 2 and linear[-1].out_features == 2 * 3  # c -> (s, t)
+    plain = RealNVP.for_data(x)
+    assert "context_affine" not in plain.config
+    assert not any(isinstance(b, ContextAffine) for b in plain.transform.layers)
+    # a spec saved before the option (no key) builds the flow it described: no such layer
+    old = build_flow({k: v for k, v in flow.spec.items() if k != "context_affine"})
+    assert not any(isinstance(b, ContextAffine) for b in old.transform.layers)
+
+
+def test_a_context_affine_starts_as_the_identity_and_needs_a_context() -> None:
+    layer = ContextAffine(3, lambda i, o: MLP(i, o, 8, 2), context_features=2)
+    x, c = torch.randn(4, 3), torch.randn(4, 2)
+    z, log_det = layer(x, c)
+    assert torch.equal(z, x) and torch.equal(log_det, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"expects a context of shape \(4, 2\).*got no context"):
+        layer(x)
+    with pytest.raises(ValueError, match=r"got a context of shape \(4, 3\)"):
+        layer(x, torch.randn(4, 3))
+    with pytest.raises(ConfigError, match="context_affine: needs a context"):
+        RealNVP(3, context_affine=True)
 
 
 def test_the_conditional_base_is_a_diagonal_normal() -> None:

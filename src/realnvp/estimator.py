@@ -36,7 +36,7 @@ class RealNVPDensity(BaseEstimator):
     Args:
         num_layers, hidden_features, num_hidden_layers, coupling: the model (see ``RealNVP``);
             None (``hidden_features``, ``coupling``): chosen from the training rows' size
-            (``RealNVP.defaults_for``; the conditional estimator keeps the constructor's).
+            (``RealNVP.defaults_for``, for the conditional estimator too).
         steps, batch_size, lr, weight_decay, ema, patience: the training recipe (see
             ``TrainConfig``); None (``batch_size``, ``weight_decay``, ``ema``): the recipe
             chosen from the training rows' size (``RealNVP.recipe_for``), as is the rest of it;

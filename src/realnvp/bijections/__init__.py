@@ -1,7 +1,7 @@
 """Bijections: invertible maps with tractable log-determinants, data to latent in ``forward``."""
 
 from realnvp.bijections.base import Bijection, Compose, Inverse, sum_except_batch
-from realnvp.bijections.coupling import AdditiveCoupling, AffineCoupling
+from realnvp.bijections.coupling import AdditiveCoupling, AffineCoupling, ContextAffine
 from realnvp.bijections.elementwise import Logit, Permutation, Standardize
 from realnvp.bijections.linear import InvertibleConv1x1
 from realnvp.bijections.masks import (
@@ -23,6 +23,7 @@ __all__ = [
     "BatchNorm",
     "Bijection",
     "Compose",
+    "ContextAffine",
     "FactorOut",
     "Inverse",
     "InvertibleConv1x1",

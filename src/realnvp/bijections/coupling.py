@@ -191,9 +191,7 @@ class AffineCoupling(_Coupling):
 
     def _scale_shift(self, keep: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         raw_s, t = self._params(keep, context)
-        bound = self.scale
-        if self.max_scale is not None:
-            bound = bound.clamp(-self.max_scale, self.max_scale)
+        bound = _capped(self.scale, self.max_scale)
         if self.by_index and raw_s.dim() > 2:  # a channel split of images: per channel
             bound = bound.reshape(-1, *[1] * (raw_s.dim() - 2))
         return bound * torch.tanh(raw_s), t  # tanh(0) = 0 where the mask keeps
@@ -207,6 +205,83 @@ class AffineCoupling(_Coupling):
         keep, rest = self._split(z)
         s, t = self._scale_shift(keep, context)
         return self._merge(keep, (rest - t) * torch.exp(-s)), -self._log_det(s)
+
+
+def _capped(scale: Tensor, max_scale: float | None) -> Tensor:
+    return scale if max_scale is None else scale.clamp(-max_scale, max_scale)
+
+
+class ContextAffine(Bijection):
+    """An affine map of every feature whose shift and log-scale depend on the context alone:
+    ``z = x * exp(s(c)) + t(c)``, ``log|det dz/dx| = sum(s(c))``, with ``s`` bounded as in
+    ``AffineCoupling`` (``s = clamp(scale, -max_scale, max_scale) * tanh(raw_s)``).
+
+    It moves and rescales each feature's conditional distribution to where the couplings after
+    it work. Spline couplings need it: a spline covers ``[-B, B]`` of the standardized data and
+    maps it onto itself, so it cannot undo a context that moves ``x`` or scales it far beyond
+    ``B`` (e.g. ``x | c ~ N(0, e^{2c})``), while this layer can. With a zero-initialised last
+    layer (``MLP``'s) it starts as the identity.
+
+    Args:
+        features: D, the size of ``x``.
+        conditioner: the network from the (embedded) context, ``(B, C) -> (B, 2 D)`` giving
+            ``(raw_s, t)``, or a factory ``(C, 2 D) -> network``.
+        context_features: C, the size of the context it sees.
+        scale_init, max_scale: as in ``AffineCoupling``.
+
+    Example:
+        >>> import torch
+        >>> from realnvp.nn import MLP
+        >>> layer = ContextAffine(2, lambda i, o: MLP(i, o, 16, 2), context_features=3)
+        >>> z, log_det = layer(torch.randn(5, 2), torch.randn(5, 3))
+        >>> z.shape, log_det.shape
+        (torch.Size([5, 2]), torch.Size([5]))
+    """
+
+    def __init__(
+        self,
+        features: int,
+        conditioner: Conditioner,
+        context_features: int,
+        scale_init: float = SCALE_INIT,
+        max_scale: float | None = MAX_SCALE,
+    ):
+        super().__init__()
+        if features < 1 or context_features < 1:
+            raise ConfigError(
+                f"needs at least one feature and one context feature, got {features} and "
+                f"{context_features}",
+                "context_features",
+            )
+        if max_scale is not None and not max_scale > 0:
+            raise ConfigError(f"must be positive or None, got {max_scale}", "max_scale")
+        if not isinstance(conditioner, nn.Module):
+            conditioner = conditioner(context_features, 2 * features)
+        self.conditioner = conditioner
+        self.features, self.context_features, self.max_scale = features, context_features, max_scale
+        self.scale = nn.Parameter(torch.full((features,), float(scale_init)))
+
+    def l2_terms(self) -> list[Tensor]:
+        """The log-scale bound, as ``AffineCoupling`` reports it."""
+        return [self.scale]
+
+    def _scale_shift(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if context is None or context.shape != (x.shape[0], self.context_features):
+            got = "no context" if context is None else f"a context of shape {tuple(context.shape)}"
+            raise ValueError(
+                f"ContextAffine expects a context of shape ({x.shape[0]}, "
+                f"{self.context_features}), one row per batch element; got {got}"
+            )
+        raw_s, t = self.conditioner(context.to(x.dtype)).chunk(2, dim=1)
+        return _capped(self.scale, self.max_scale) * torch.tanh(raw_s), t
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        s, t = self._scale_shift(x, context)
+        return x * torch.exp(s) + t, s.sum(dim=1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        s, t = self._scale_shift(z, context)
+        return (z - t) * torch.exp(-s), -s.sum(dim=1)
 
 
 class AdditiveCoupling(_Coupling):

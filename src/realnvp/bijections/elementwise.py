@@ -84,6 +84,12 @@ class Standardize(Bijection):
         # Follows the model's casts and moves: the dtype and device that ``forward`` returns.
         self.register_buffer("_like", torch.zeros(()), persistent=False)
 
+    @classmethod
+    def identity(cls, features: int) -> Standardize:
+        """Mean 0 and std 1 for ``features`` features: a placeholder until
+        ``set_statistics``."""
+        return cls(torch.zeros(features), torch.ones(features))
+
     def _apply(self, fn, recurse=True):
         stats = {"mean": self.mean, "std": self.std}
         super()._apply(fn, recurse)

@@ -233,12 +233,9 @@ def _spline_options(g: argparse._ArgumentGroup, table: dict[str, Any]) -> None:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    table = RealNVP.defaults()
     g = p.add_argument_group(
         "tables (RealNVP)",
-        "defaults 'from the table's size' apply to an unconditional table; a --context run "
-        f"keeps the constructor's ({table['coupling']} couplings, width "
-        f"{table['hidden_features']}, {table['masks']} masks)",
+        "defaults 'from the table's size' count the modelled columns (not --context's)",
     )
     g.add_argument(
         "--layers", type=_positive_int, help=f"coupling layers ({_table_default('num_layers')})"
@@ -272,7 +269,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "dequantize them with uniform noise over their step; none: take every column as "
         "continuous (default auto)",
     )
-    _spline_options(g, table)
+    _spline_options(g, RealNVP.defaults())
     _image_options(p)
 
 
