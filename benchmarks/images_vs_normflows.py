@@ -25,13 +25,22 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
+import realnvp.nn
 from realnvp.data.images import load_images
 from realnvp.models import MultiScaleRealNVP, dequantize
 from realnvp.training.loop import batch_indices
+
+#: the convolutions' memory layouts (``--memory-format``)
+FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+#: Adam's learning rate, for both libraries
+LR = 1e-3
 
 #: our model's variants (``--variant``): the paper's, and with Glow's layers before each coupling
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -92,6 +101,36 @@ def normflows_model(shape, levels: int, scales: int, hidden: int, blocks: int) -
     return PixelUnits()
 
 
+def figure(jsonl: str, png: str) -> None:
+    """Test bits/dim against seconds of training, one axis per data set, one line per run of
+    ``--seconds`` in ``jsonl`` (the last of each library, variant and data set)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs: dict[tuple[str, str], dict] = {}
+    for line in Path(jsonl).read_text().splitlines():
+        r = json.loads(line)
+        if r.get("curve"):
+            label = r["lib"] + (f" ({r['variant']})" if "variant" in r else "")
+            runs[(r["data"], label)] = r
+    data = sorted({d for d, _ in runs})
+    fig, axes = plt.subplots(1, len(data), figsize=(5 * len(data), 4), squeeze=False)
+    for ax, name in zip(axes[0], data, strict=True):
+        for (d, label), r in sorted(runs.items()):
+            if d == name:
+                t, _, bpd = zip(*r["curve"], strict=True)
+                ax.plot(t, bpd, marker="o", ms=3, label=f"{label}, {r['steps_per_second']} steps/s")
+        ax.set_title(f"{name}: {r['threads']} thread(s) each")
+        ax.set_xlabel("training seconds (evaluation not counted)")
+        ax.set_ylabel("test bits/dim")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="digits")
@@ -110,12 +149,42 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="train for this many seconds of training (evaluations not counted) instead of "
+        "--steps, the learning rate's cosine decay over that time",
+    )
+    parser.add_argument(
+        "--eval-seconds",
+        type=float,
+        default=60.0,
+        help="with --seconds: the test bits/dim after every this many seconds of training",
+    )
+    parser.add_argument(
+        "--memory-format",
+        choices=list(FORMATS),
+        default="channels_last",
+        help="the layout the convolutions run in: ours through realnvp.nn.CONV_MEMORY_FORMAT; "
+        "normflows' model and batches converted",
+    )
     parser.add_argument("--out", help="append the result as a JSON line to this file")
+    parser.add_argument(
+        "--figure",
+        nargs=2,
+        metavar=("JSONL", "PNG"),
+        help="draw test bits/dim against training seconds from the --seconds runs of JSONL",
+    )
     args = parser.parse_args()
+    if args.figure:
+        figure(*args.figure)
+        return
     if args.lib != "ours" and args.variant != "paper":
         parser.error("--variant is a variant of ours: use it with --lib ours")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    layout = FORMATS[args.memory_format]
+    realnvp.nn.CONV_MEMORY_FORMAT = layout
     data = load_images(args.data)
     if args.lib == "ours":
         model = MultiScaleRealNVP(
@@ -128,33 +197,49 @@ def main() -> None:
         )
     else:
         model = normflows_model(data.shape, data.levels, args.scales, args.channels, args.blocks)
+        model.to(memory_format=layout)
     params = sum(p.numel() for p in model.parameters())
     dims = math.prod(data.shape)
     x_train = torch.as_tensor(data.train, dtype=torch.float32)
     x_test = dequantize(torch.as_tensor(data.test), torch.Generator().manual_seed(1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    steps = math.inf if args.seconds else args.steps
+    schedule = None if args.seconds else CosineAnnealingLR(optimizer, args.steps)
     batches = batch_indices(len(x_train), args.batch_size, args.seed)
     noise = torch.Generator().manual_seed(args.seed)
+
+    def test_bpd() -> Tensor:
+        model.eval()
+        with torch.no_grad():
+            nll = torch.cat([-model.log_prob(b) for b in x_test.split(500)])
+        model.train()
+        return nll / (dims * math.log(2))
+
     model.train()
-    start = time.perf_counter()
-    nonfinite = 0
-    for _ in range(args.steps):
+    seconds, done, nonfinite, curve = 0.0, 0, 0, []
+    while done < steps and (not args.seconds or seconds < args.seconds):
+        start = time.perf_counter()
+        if args.seconds:  # cosine decay over the training time
+            for group in optimizer.param_groups:
+                group["lr"] = LR * 0.5 * (1 + math.cos(math.pi * min(1.0, seconds / args.seconds)))
         x = dequantize(x_train[next(batches)], noise)
+        if args.lib == "normflows":  # ours converts inside each conditioner
+            x = x.contiguous(memory_format=layout)
         loss = -model.log_prob(x).mean()
         optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if torch.isfinite(loss):
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+            optimizer.step()
+        else:
             nonfinite += 1  # skipped, so a diverging model is reported, not hidden
-            continue
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-        optimizer.step()
-        schedule.step()
-    seconds = time.perf_counter() - start
-    model.eval()
-    with torch.no_grad():
-        nll = torch.cat([-model.log_prob(b) for b in x_test.split(500)])
-    bpd = nll / (dims * math.log(2))
+        if schedule is not None:
+            schedule.step()
+        done += 1
+        seconds += time.perf_counter() - start
+        if args.seconds and seconds >= args.eval_seconds * (len(curve) + 1):
+            curve.append([round(seconds, 1), done, round(test_bpd().mean().item(), 4)])
+    bpd = test_bpd()
     result = {
         "lib": args.lib,
         **({"variant": args.variant} if args.lib == "ours" else {}),
@@ -163,12 +248,14 @@ def main() -> None:
         "channels": args.channels,
         "blocks": args.blocks,
         "params": params,
-        "steps": args.steps,
+        "steps": done,
         "train_seconds": round(seconds, 1),
-        "steps_per_second": round(args.steps / seconds, 2),
+        "steps_per_second": round(done / seconds, 2),
         "test_bits_per_dim": round(bpd.mean().item(), 4),
         "test_bits_per_dim_se": round(bpd.std().item() / math.sqrt(len(bpd)), 4),
         "nonfinite_steps": nonfinite,
+        **({"budget_seconds": args.seconds, "curve": curve} if args.seconds else {}),
+        "memory_format": args.memory_format,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
