@@ -161,7 +161,14 @@ from realnvp.config import TrainConfig
 from realnvp.training.loop import batch_indices, make_optimizer
 from realnvp.training.runs import fit_data, split
 
-ESTIMATORS = ("realnvp", "realnvp_spline", "zuko_nsf", "zuko_maf", "nflows_maf")
+ESTIMATORS = (
+    "realnvp_default",
+    "realnvp",
+    "realnvp_spline",
+    "zuko_nsf",
+    "zuko_maf",
+    "nflows_maf",
+)
 
 #: the published NPE (NPE-NSF, trained per observation) C2ST, mean and std over the 10
 #: observations: github.com/sbi-benchmark/results, benchmarking_sbi/results/main_paper.csv at
@@ -180,6 +187,17 @@ DEFAULT_C2ST = {"two_moons": "exact", "gaussian_linear": "fast", "slcp": "fast"}
 
 #: our model's one setting for every task (see the module docstring for how it was picked)
 REALNVP_MODEL: dict[str, Any] = {"num_layers": 8, "hidden_features": 128, "num_hidden_layers": 2}
+#: the model options a ``realnvp_default`` record shows (what the library chose)
+DEFAULT_KEYS = (
+    "num_layers",
+    "hidden_features",
+    "num_hidden_layers",
+    "coupling",
+    "masks",
+    "context_affine",
+    "bins",
+    "tail_bound",
+)
 #: the same with rational-quadratic spline couplings (``realnvp_spline``)
 SPLINE_MODEL: dict[str, Any] = {**REALNVP_MODEL, "coupling": "spline"}
 
@@ -338,6 +356,22 @@ class RealNVPEstimator(Estimator):
         return [self.flow]
 
 
+class RealNVPDefaultEstimator(RealNVPEstimator):
+    """The library's defaults for a conditional table of this size (``RealNVP.for_data``:
+    ``table_sizes(rows, theta_dim, conditional=True)``): no model option given."""
+
+    name = "realnvp_default"
+
+    def __init__(self, theta_dim: int, x_dim: int, model: dict[str, Any] | None = None):
+        super().__init__(theta_dim, x_dim, {} if model is None else model)
+
+    def fit(self, theta_train, x_train, theta_val, x_val, protocol, seed) -> TrainInfo:
+        info = super().fit(theta_train, x_train, theta_val, x_val, protocol, seed)
+        config = self.flow.config
+        self.model = {k: config[k] for k in DEFAULT_KEYS if k in config}  # what it chose
+        return info
+
+
 class RealNVPSplineEstimator(RealNVPEstimator):
     """The same, with rational-quadratic spline couplings (8 bins, the library's)."""
 
@@ -478,7 +512,15 @@ class NflowsMAF(PeerEstimator):
 
 
 ESTIMATOR_CLASSES: dict[str, type[Estimator]] = {
-    c.name: c for c in (RealNVPEstimator, RealNVPSplineEstimator, ZukoNSF, ZukoMAF, NflowsMAF)
+    c.name: c
+    for c in (
+        RealNVPDefaultEstimator,
+        RealNVPEstimator,
+        RealNVPSplineEstimator,
+        ZukoNSF,
+        ZukoMAF,
+        NflowsMAF,
+    )
 }
 
 
