@@ -43,7 +43,10 @@ validation passes, then the test pass).
 The models, of similar size (about 138k parameters, two hidden layers of 128 everywhere):
 - ``realnvp``: ``RealNVP.for_data(x, context=c, ...)``, 8 affine couplings;
   ``realnvp_spline`` the same with ``coupling="spline"`` (8 rational-quadratic spline couplings,
-  8 bins; a larger last layer, so more parameters);
+  8 bins; a larger last layer, so more parameters), ``realnvp_context_affine`` those spline
+  couplings after a ``ContextAffine`` (an MLP of the context shifting and scaling x), the
+  layers of the library's conditional default at this width (``context_affine=False`` is given
+  to the other two, so they stay the models they were);
 - ``zuko_realnvp``: ``zuko.flows.RealNVP(features=2, context=2, transforms=8,
   hidden_features=[128, 128])``, zuko's affine couplings, its defaults otherwise;
 - ``zuko_nsf``: ``zuko.flows.NSF(features=2, context=2, transforms=6, hidden_features=[128,
@@ -57,7 +60,7 @@ The affine flows' spread over seeds is far larger than their paired SE: compare 
 several seeds (the report's second table).
 
 Usage (zuko from ``pip install torch==2.13.0 -e ".[bench]"``; run nothing else at the same time;
-``--models`` takes a comma-separated subset of realnvp,zuko_realnvp,zuko_nsf, all by default):
+``--models`` takes a comma-separated subset of ``MODELS``, all by default):
     python benchmarks/conditional_mixture.py --check
     python benchmarks/conditional_mixture.py --steps 3000 --seeds 0 1 2 \\
         --out benchmarks/results/conditional_mixture.jsonl
@@ -92,7 +95,13 @@ BATCH = 512
 LR = 1e-3
 EVAL_EVERY = 100
 HIDDEN = 128
-LAYERS = {"realnvp": 8, "realnvp_spline": 8, "zuko_realnvp": 8, "zuko_nsf": 6}
+LAYERS = {
+    "realnvp": 8,
+    "realnvp_spline": 8,
+    "realnvp_context_affine": 8,
+    "zuko_realnvp": 8,
+    "zuko_nsf": 6,
+}
 
 # -- the density -----------------------------------------------------------------------------
 RADIAL = np.array([0.12, 0.30, 0.45])  # a_k
@@ -228,11 +237,14 @@ def fit_realnvp(
     lr: float,
     seed: int,
     coupling: str = "affine",
+    context_affine: bool = False,
 ) -> Fitted:
     """realnvp's conditional RealNVP (``coupling``: its affine couplings, or its
-    rational-quadratic splines), trained by the library's own ``fit`` on (x, c) pairs with
-    the protocol's settings; returns log q(x | c) in the data's units (``RealNVP.for_data``
-    standardizes x and c with the training set's statistics inside the flow, in float64)."""
+    rational-quadratic splines; ``context_affine``: a ``ContextAffine`` first, as the
+    library's conditional default has), trained by the library's own ``fit`` on (x, c) pairs
+    with the protocol's settings; returns log q(x | c) in the data's units
+    (``RealNVP.for_data`` standardizes x and c with the training set's statistics inside the
+    flow, in float64)."""
     from realnvp import RealNVP, TrainConfig
     from realnvp.training import evaluate_nll, fit
 
@@ -244,6 +256,7 @@ def fit_realnvp(
         hidden_features=HIDDEN,
         num_hidden_layers=2,
         coupling=coupling,
+        context_affine=context_affine,
     )
     config = TrainConfig(
         steps=steps,
@@ -334,15 +347,14 @@ def fit_zuko(
 
 
 def fit_model(name: str, data: tuple[NDArray, ...], steps: int, seed: int) -> Fitted:
-    if name in ("realnvp", "realnvp_spline"):
-        coupling = "spline" if name == "realnvp_spline" else "affine"
-        return fit_realnvp(
-            *data, steps=steps, batch_size=BATCH, lr=LR, seed=seed, coupling=coupling
-        )
+    if name.startswith("realnvp"):
+        coupling = "affine" if name == "realnvp" else "spline"
+        options = {"coupling": coupling, "context_affine": name == "realnvp_context_affine"}
+        return fit_realnvp(*data, steps=steps, batch_size=BATCH, lr=LR, seed=seed, **options)
     return fit_zuko(name, *data, steps=steps, batch_size=BATCH, lr=LR, seed=seed)
 
 
-MODELS = ["realnvp", "realnvp_spline", "zuko_realnvp", "zuko_nsf"]
+MODELS = ["realnvp", "realnvp_spline", "realnvp_context_affine", "zuko_realnvp", "zuko_nsf"]
 
 
 # -- running and reporting ---------------------------------------------------------------------
