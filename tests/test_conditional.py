@@ -232,9 +232,13 @@ def conditional_gaussian(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, c
 
 
+def exact_log_p(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """log p(x_i | c_i) of ``conditional_gaussian``, per row."""
+    return norm.logpdf(x[:, 0], c[:, 0], 0.1) + norm.logpdf(x[:, 1], 0, np.exp(c[:, 0]))
+
+
 def exact_nll(x: np.ndarray, c: np.ndarray) -> float:
-    log_p = norm.logpdf(x[:, 0], c[:, 0], 0.1) + norm.logpdf(x[:, 1], 0, np.exp(c[:, 0]))
-    return float(-log_p.mean())
+    return float(-exact_log_p(x, c).mean())
 
 
 def test_training_on_pairs_learns_the_conditional_density() -> None:

@@ -171,3 +171,20 @@ def test_a_class_conditional_image_model_end_to_end(tmp_path, capsys) -> None:
     assert main(["audit", str(run), "digits"]) == 0
     line = fails(["train", "digits", "--context", "1", "--out", str(tmp_path / "x")], capsys)
     assert "images condition on their labels with --conditional" in line
+
+
+def test_a_context_run_starts_with_a_context_affine_unless_told_not_to(
+    table_run, tmp_path, capsys
+) -> None:
+    run, data, _ = table_run
+    _, config = load_model(run)
+    assert config["model"]["context_affine"] is True and config["model"]["coupling"] == "spline"
+    off = tmp_path / "off"
+    args = ["train", str(data), "--context", "age,income", "--no-context-affine", "--out"]
+    assert main([*args, str(off), *STEPS]) == 0
+    assert "context_affine" not in load_model(off)[1]["model"]
+    capsys.readouterr()
+    line = fails(
+        ["train", str(data), "--context-affine", "--out", str(tmp_path / "no"), *STEPS], capsys
+    )
+    assert line == "realnvp train: error: --context-affine: needs a context (context_features > 0)"

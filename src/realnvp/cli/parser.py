@@ -27,6 +27,7 @@ MODEL_OPTIONS = {
     "tail_bound": "tail_bound",
     "dequantize": "dequantize",
     "masks": "masks",
+    "context_affine": "context_affine",
     "num_scales": "scales",
     "hidden_channels": "channels",
     "num_blocks": "blocks",
@@ -260,6 +261,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         choices=["alternate", "rolling"],
         help="alternate: the same halves of the columns take turns; rolling: the halves roll by "
         f"one column every two layers ({_table_default('masks')})",
+    )
+    g.add_argument(
+        "--context-affine",
+        action=argparse.BooleanOptionalAction,
+        help="with --context: an MLP of the context shifts and scales every column before the "
+        "couplings (default: on with --context)",
     )
     g.add_argument(
         "--dequantize",
