@@ -12,12 +12,19 @@ Also recorded: the test NLL -log q(theta | x) in theta's own units on 10,000 fre
 exact posterior of gaussian_linear gives -0.79), calibration, parameters, steps and seconds.
 
 The estimators (``--estimators``):
-- ``realnvp``: ``realnvp.training.runs.fit_data(theta, ..., context_train=x, ...)``: 8 affine
-  couplings with MLP conditioners (2 hidden layers of 128), x (standardized) fed to every
-  conditioner, no embedding net; theta and x standardized in float64 inside the flow (the
-  library's ``for_data``). 138k / 159k / 149k parameters (two_moons / gaussian_linear / slcp).
-- ``realnvp_spline``: the same with ``coupling="spline"`` (rational-quadratic spline couplings,
-  8 bins, the library's; everything else as ``realnvp``).
+- ``realnvp_default``: ``realnvp.training.runs.fit_data(theta, ..., context_train=x, ...)``
+  with no model option: the library's defaults for a conditional table of 9,000 (90,000) rows
+  (``table_sizes(rows, theta_dim, conditional=True)``): a ``ContextAffine`` (an MLP of x
+  shifting and scaling theta), then 8 rational-quadratic spline couplings (8 bins, tail bound
+  5) with MLP conditioners of 2 hidden layers of 256, rolling masks for more than 2
+  parameters; theta and x standardized in float64 inside the flow (``for_data``). 649k / 739k
+  parameters (two_moons / slcp).
+- ``realnvp_128``: the same at width 128 (``hidden_features=128``).
+- ``realnvp``: the first runs' model, 8 affine couplings with MLP conditioners (2 hidden layers
+  of 128), x fed to every conditioner, alternating masks, no ``ContextAffine``. 138k / 159k /
+  149k parameters (two_moons / gaussian_linear / slcp).
+- ``realnvp_spline``: the same with ``coupling="spline"`` (8 bins; everything else as
+  ``realnvp``).
 - ``zuko_nsf``: ``zuko.flows.NSF(features=theta_dim, context=x_dim, transforms=5,
   hidden_features=[50, 50])`` (8 bins; zuko's defaults otherwise): 26k / 77k / 46k parameters.
 - ``zuko_maf``: ``zuko.flows.MAF(...)``, the same arguments (alternating orders): 15k / 23k /
@@ -33,7 +40,7 @@ their log-densities are moved back to theta's units (minus sum log std_theta). (
 builders expand ``hidden_features=50`` to ``[50] * num_transforms``, five hidden layers per
 transform; here both zuko flows have the two hidden layers of 50 given above.)
 
-The protocol (``Protocol``; the same for all four): Adam (realnvp's ``make_optimizer``, fused),
+The protocol (``Protocol``; the same for every estimator): Adam (realnvp's ``make_optimizer``, fused),
 constant learning rate 5e-4 (sbi's), batches of 512 from ``realnvp.training.loop.batch_indices``
 (the same batches for every estimator: a fresh permutation per epoch, the last short batch
 dropped, so 17 steps per epoch of 9,000 pairs), gradient norm clipped at 5 (sbi's
@@ -42,9 +49,14 @@ better one (sbi's ``stop_after_epochs``) or after 500 epochs (8,500 steps; sbi h
 none of the smoke runs reached it), the best-validation weights restored. realnvp trains
 through ``fit_data`` with the equivalent ``TrainConfig(steps=500 * 17, batch_size=512,
 lr=5e-4, schedule="constant", grad_clip=5.0, eval_every=17, patience=20)``; the peers through
-``train_peer``, one small loop that takes exactly those steps. Nobody gets ``torch.compile``;
+``train_peer``, one small loop that takes exactly those steps (checked: on a small flow it
+ends with realnvp's weights bit for bit, moving average and weight decay included). Two
+recipes: ``sbi`` (the above: sbi's) and, with ``--ema 0.995 --weight-decay 3e-3``, the
+library's table regularization given to every estimator alike: the weights' moving average
+(decay warmed up as ``min(ema, (1 + t) / (10 + t))``) is what is validated, early-stopped and
+kept, and Adam has L2 weight decay (``make_optimizer``). Nobody gets ``torch.compile``;
 all compute in float32, except that realnvp standardizes theta and x in float64 before its
-float32 layers. Advantages, plainly: realnvp has 2-9x the peers' parameters, and the shared
+float32 layers. Advantages, plainly: realnvp has 2-29x the peers' parameters, and the shared
 batch size and learning rate were chosen by trying realnvp (below), not the peers (checked on
 two_moons at batch 256 and 512, lr 5e-4: the zuko flows' test NLL within 0.01 nats, nflows_maf
 0.09 nats better at 512, where its batch-256 run had hit a 200-epoch cap); the peers have
