@@ -40,28 +40,28 @@ their log-densities are moved back to theta's units (minus sum log std_theta). (
 builders expand ``hidden_features=50`` to ``[50] * num_transforms``, five hidden layers per
 transform; here both zuko flows have the two hidden layers of 50 given above.)
 
-The protocol (``Protocol``; the same for every estimator): Adam (realnvp's ``make_optimizer``, fused),
-constant learning rate 5e-4 (sbi's), batches of 512 from ``realnvp.training.loop.batch_indices``
-(the same batches for every estimator: a fresh permutation per epoch, the last short batch
-dropped, so 17 steps per epoch of 9,000 pairs), gradient norm clipped at 5 (sbi's
-``clip_max_norm``), the validation NLL after every epoch, stopped after 20 epochs without a
-better one (sbi's ``stop_after_epochs``) or after 500 epochs (8,500 steps; sbi has no cap, and
-none of the smoke runs reached it), the best-validation weights restored. realnvp trains
-through ``fit_data`` with the equivalent ``TrainConfig(steps=500 * 17, batch_size=512,
-lr=5e-4, schedule="constant", grad_clip=5.0, eval_every=17, patience=20)``; the peers through
-``train_peer``, one small loop that takes exactly those steps (checked: on a small flow it
-ends with realnvp's weights bit for bit, moving average and weight decay included). Two
-recipes: ``sbi`` (the above: sbi's) and, with ``--ema 0.995 --weight-decay 3e-3``, the
-library's table regularization given to every estimator alike: the weights' moving average
-(decay warmed up as ``min(ema, (1 + t) / (10 + t))``) is what is validated, early-stopped and
-kept, and Adam has L2 weight decay (``make_optimizer``). Nobody gets ``torch.compile``;
-all compute in float32, except that realnvp standardizes theta and x in float64 before its
-float32 layers. Advantages, plainly: realnvp has 2-29x the peers' parameters, and the shared
-batch size and learning rate were chosen by trying realnvp (below), not the peers (checked on
-two_moons at batch 256 and 512, lr 5e-4: the zuko flows' test NLL within 0.01 nats, nflows_maf
-0.09 nats better at 512, where its batch-256 run had hit a 200-epoch cap); the peers have
-architectures their authors tuned for this use (autoregressive transforms; splines for NSF),
-and none of their settings were tried.
+The protocol (``Protocol``; the same for every estimator): Adam (realnvp's ``make_optimizer``,
+fused), constant learning rate 5e-4 (sbi's), batches of 512 from
+``realnvp.training.loop.batch_indices`` (the same batches for every estimator: a fresh
+permutation per epoch, the last short batch dropped, so 17 steps per epoch of 9,000 pairs),
+gradient norm clipped at 5 (sbi's ``clip_max_norm``), the validation NLL after every epoch,
+stopped after 20 epochs without a better one (sbi's ``stop_after_epochs``) or after 500 epochs
+(8,500 steps; sbi has no cap, and none of the smoke runs reached it), the best-validation
+weights restored. realnvp trains through ``fit_data`` with the equivalent
+``TrainConfig(steps=500 * 17, batch_size=512, lr=5e-4, schedule="constant", grad_clip=5.0,
+eval_every=17, patience=20)``; the peers through ``train_peer``, one small loop that takes
+exactly those steps (checked: on a small flow it ends with realnvp's weights bit for bit,
+moving average and weight decay included). Two recipes: ``sbi`` (the above: sbi's) and, with
+``--ema 0.995 --weight-decay 3e-3``, the library's table regularization given to every
+estimator alike: the weights' moving average (decay warmed up as ``min(ema, (1 + t) / (10 +
+t))``) is what is validated, early-stopped and kept, and Adam has L2 weight decay
+(``make_optimizer``). Nobody gets ``torch.compile``; all compute in float32, except that
+realnvp standardizes theta and x in float64 before its float32 layers. Advantages, plainly:
+realnvp has 2-29x the peers' parameters, and the shared batch size and learning rate were
+chosen by trying realnvp (below), not the peers (checked on two_moons at batch 256 and 512, lr
+5e-4: the zuko flows' test NLL within 0.01 nats, nflows_maf 0.09 nats better at 512, where its
+batch-256 run had hit a 200-epoch cap); the peers have architectures their authors tuned for
+this use (autoregressive transforms; splines for NSF), and none of their settings were tried.
 
 How realnvp's setting was picked (two_moons, 10,000 simulations, seed 0, test NLL on 10,000
 fresh pairs, lower is better, standard error ~0.009; training one estimator in one thread):
