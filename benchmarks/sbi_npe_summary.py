@@ -69,6 +69,25 @@ def table(runs: dict, budget: int, how: str) -> None:
             same = [paper[i - 1] for i in observations] or paper
             anchor = f"{statistics.mean(same):.3f} ± {statistics.stdev(same):.3f}"
         print(f"| {task} ({method}) | " + " | ".join(cells) + f" | {anchor} |")
+    pairs = [[runs.get((task, budget, name, how)) for name in PAIRED] for task in PAPER_10K]
+    lines = [f"- {task}: {paired(*p)}" for task, p in zip(PAPER_10K, pairs, strict=True) if all(p)]
+    print("\n" + "\n".join(lines) if lines else "", end="\n" if lines else "")
+
+
+#: the comparison the issue sets: the library's default against zuko's NSF
+PAIRED = ("realnvp_default", "zuko_nsf")
+
+
+def paired(a: dict, b: dict) -> str:
+    """``a``'s C2ST minus ``b``'s, mean ± standard error over the observations both scored."""
+    shared = sorted(set(a["observations"]) & set(b["observations"]))
+    ca, cb = (dict(zip(r["observations"], r["c2st"], strict=True)) for r in (a, b))
+    diffs = [ca[i] - cb[i] for i in shared]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return (
+        f"{a['estimator']} - {b['estimator']} = {statistics.mean(diffs):+.3f} ± {se:.3f} "
+        f"(paired over {len(diffs)} observations)"
+    )
 
 
 if __name__ == "__main__":
