@@ -988,9 +988,13 @@ def figure(records: list[dict[str, Any]], path: Path) -> None:
         {(r["task"], r["budget"], recipe(r)) for r in records},
         key=lambda k: (order[k[0]], k[1], k[2] != "sbi", k[2]),
     )
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 4), squeeze=False)
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.3 * rows), squeeze=False)
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
     levels = np.linspace(0, 1, 101)
-    for ax, (task, budget, how) in zip(axes[0], keys, strict=True):
+    for ax, (task, budget, how) in zip(axes.flat, keys, strict=False):
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
         rs = [r for r in records if (r["task"], r["budget"], recipe(r)) == (task, budget, how)]
         for name in ESTIMATORS:
