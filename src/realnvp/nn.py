@@ -111,8 +111,9 @@ class BatchNorm2d(nn.BatchNorm2d):
 
 #: the memory layout the ResNet conditioners convolve in. Channels-last (NHWC) is the layout
 #: oneDNN's and cuDNN's fast convolution kernels take; on this project's 2-core CPU it trains
-#: the multi-scale model on mnist5k 1.2 times as fast as NCHW (``benchmarks/images_vs_normflows.py
-#: --memory-format``). Both layouts compute the same function; their kernels round differently.
+#: the packed multi-scale model on mnist5k 1.47 times as fast as NCHW, in one thread
+#: (``benchmarks/images_vs_normflows.py --memory-format``). Both layouts compute the same
+#: function; their kernels round differently.
 CONV_MEMORY_FORMAT = torch.channels_last
 
 
