@@ -151,3 +151,17 @@ def test_a_rows_score_does_not_depend_on_the_rows_around_it() -> None:
         order = rng.permutation(len(X))
         a, b = est.score_samples(X)[order], est.score_samples(X[order])
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+
+
+def test_the_conditional_estimator_can_leave_out_its_context_affine() -> None:
+    from realnvp import ConditionalRealNVPDensity
+    from realnvp.bijections import ContextAffine
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=200)
+    X = np.c_[y + 0.1 * rng.normal(size=200), rng.normal(size=200)]
+    small = {"num_layers": 2, "hidden_features": 8, "steps": 4, "random_state": 0}
+    on = ConditionalRealNVPDensity(**small).fit(X, y).flow_
+    off = ConditionalRealNVPDensity(**small, context_affine=False).fit(X, y).flow_
+    assert isinstance(on.transform.layers[1], ContextAffine)
+    assert not any(isinstance(b, ContextAffine) for b in off.transform.layers)

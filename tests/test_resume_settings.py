@@ -191,3 +191,17 @@ def test_resume_refuses_a_model_of_another_kind(other: str, tmp_path: Path) -> N
     train_run(tmp_path / "run", x, {"num_layers": 2, "hidden_features": 4}, config, device="cpu")
     with pytest.raises(ConfigError, match="type"):
         train_run(tmp_path / "run", x, {"type": other}, resume=True, device="cpu")
+
+
+def test_resume_accepts_an_option_given_at_its_default_though_the_config_omits_it(
+    tmp_path: Path,
+) -> None:
+    """A config leaves out options at their constructor defaults (masks, context_affine): giving
+    one again at that value on resume is no conflict."""
+    rng = np.random.default_rng(0)
+    x, c = rng.normal(size=(100, 2)), rng.normal(size=(100, 1))
+    model = {"num_layers": 2, "hidden_features": 4, "masks": "alternate", "context_affine": False}
+    config = TrainConfig(steps=4, eval_every=2)
+    train_run(tmp_path / "run", x, model, config, device="cpu", context=c)
+    flow, _ = train_run(tmp_path / "run", x, model, resume=True, device="cpu", context=c)
+    assert "context_affine" not in flow.config and "masks" not in flow.config

@@ -37,6 +37,8 @@ class RealNVPDensity(BaseEstimator):
         num_layers, hidden_features, num_hidden_layers, coupling: the model (see ``RealNVP``);
             None (``hidden_features``, ``coupling``): chosen from the training rows' size
             (``RealNVP.defaults_for``, for the conditional estimator too).
+        context_affine: the conditional estimator's ``ContextAffine`` layer (see ``RealNVP``);
+            None: on, as the conditional defaults have it (give True only with a context).
         steps, batch_size, lr, weight_decay, ema, patience: the training recipe (see
             ``TrainConfig``); None (``batch_size``, ``weight_decay``, ``ema``): the recipe
             chosen from the training rows' size (``RealNVP.recipe_for``), as is the rest of it;
@@ -61,6 +63,7 @@ class RealNVPDensity(BaseEstimator):
         hidden_features: int | None = None,
         num_hidden_layers: int = _MODEL["num_hidden_layers"],
         coupling: str | None = None,
+        context_affine: bool | None = None,
         dequantize: str | None = "auto",
         steps: int = _RECIPE.steps,
         batch_size: int | None = None,
@@ -76,6 +79,7 @@ class RealNVPDensity(BaseEstimator):
         self.hidden_features = hidden_features
         self.num_hidden_layers = num_hidden_layers
         self.coupling = coupling
+        self.context_affine = context_affine
         self.dequantize = dequantize
         self.steps = steps
         self.batch_size = batch_size
@@ -116,6 +120,7 @@ class RealNVPDensity(BaseEstimator):
             "hidden_features": self.hidden_features,
             "num_hidden_layers": self.num_hidden_layers,
             "coupling": self.coupling,
+            "context_affine": self.context_affine,
         }
         model = {k: v for k, v in model.items() if v is not None}  # None: sized to the data
         model["dequantize"] = "none" if self.dequantize is None else self.dequantize

@@ -239,7 +239,8 @@ class RealNVP(Flow):
 
     @property
     def couplings(self) -> list[Bijection]:
-        """The coupling layers, without the standardization."""
+        """The layers after the standardization: the couplings, after a ``ContextAffine``
+        when the flow has one."""
         return [b for b in self.transform.layers if not isinstance(b, Standardize)]
 
     @property

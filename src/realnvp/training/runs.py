@@ -94,7 +94,9 @@ def _load_state(run: Path):
 def _settings(run: Path, flow: Flow, state: dict[str, Any]) -> dict[str, Any]:
     # a recipe saved before a field existed ran with that field's default (ema: none)
     train = {**TrainConfig().to_dict(), **state["config"]}
-    return {"model": flow.spec, "train": train, "data": _run_info(run, state)["data"]}
+    # a config leaves out options at their constructor defaults (masks, context_affine)
+    model = {**type(flow).defaults(), **flow.spec}
+    return {"model": model, "train": train, "data": _run_info(run, state)["data"]}
 
 
 def _run_info(run: Path, state: dict[str, Any]) -> dict[str, Any]:
