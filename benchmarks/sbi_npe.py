@@ -208,8 +208,6 @@ REALNVP_MODEL: dict[str, Any] = {
     "masks": "alternate",
     "context_affine": False,
 }
-#: ``realnvp_128``: the library's conditional defaults at the width of the others (128)
-DEFAULT_128: dict[str, Any] = {"hidden_features": 128}
 #: the model options a record shows (what the library built)
 MODEL_KEYS = (
     "num_layers",
@@ -221,8 +219,16 @@ MODEL_KEYS = (
     "bins",
     "tail_bound",
 )
-#: ``realnvp_spline``: the same with rational-quadratic spline couplings
-SPLINE_MODEL: dict[str, Any] = {**REALNVP_MODEL, "coupling": "spline"}
+#: realnvp's estimators, by name, and the model options each gives ``fit_data``:
+#: ``realnvp_default`` none (the library's defaults for a conditional table of this size,
+#: ``table_sizes(rows, theta_dim, conditional=True)``), ``realnvp_128`` those at width 128,
+#: ``realnvp`` the first runs' affine model, ``realnvp_spline`` it with spline couplings
+REALNVP_MODELS: dict[str, dict[str, Any]] = {
+    "realnvp_default": {},
+    "realnvp_128": {"hidden_features": 128},
+    "realnvp": REALNVP_MODEL,
+    "realnvp_spline": {**REALNVP_MODEL, "coupling": "spline"},
+}
 
 #: samples drawn from each posterior estimate, as in sbibm
 NUM_SAMPLES = 10_000
@@ -326,14 +332,13 @@ class Estimator(ABC):
 
 
 class RealNVPEstimator(Estimator):
-    """realnvp's conditional RealNVP, trained by ``fit_data`` (its own loop and float64
-    standardization of theta and x)."""
+    """realnvp's conditional RealNVP with the model options ``model`` (the library's defaults
+    for the rest), trained by ``fit_data`` (its own loop and float64 standardization of theta
+    and x)."""
 
-    name = "realnvp"
-
-    def __init__(self, theta_dim: int, x_dim: int, model: dict[str, Any] | None = None):
+    def __init__(self, theta_dim: int, x_dim: int, model: dict[str, Any]):
         super().__init__(theta_dim, x_dim)
-        self.model = dict(REALNVP_MODEL if model is None else model)
+        self.model = dict(model)
         self.flow: Any = None
 
     def fit(self, theta_train, x_train, theta_val, x_val, protocol, seed) -> TrainInfo:
@@ -379,34 +384,6 @@ class RealNVPEstimator(Estimator):
 
     def modules(self) -> list[nn.Module]:
         return [self.flow]
-
-
-class RealNVPDefaultEstimator(RealNVPEstimator):
-    """The library's defaults for a conditional table of this size (``RealNVP.for_data``:
-    ``table_sizes(rows, theta_dim, conditional=True)``): no model option given."""
-
-    name = "realnvp_default"
-
-    def __init__(self, theta_dim: int, x_dim: int, model: dict[str, Any] | None = None):
-        super().__init__(theta_dim, x_dim, {} if model is None else model)
-
-
-class RealNVPDefault128Estimator(RealNVPEstimator):
-    """The library's conditional defaults with the conditioners' width set to 128."""
-
-    name = "realnvp_128"
-
-    def __init__(self, theta_dim: int, x_dim: int, model: dict[str, Any] | None = None):
-        super().__init__(theta_dim, x_dim, DEFAULT_128 if model is None else model)
-
-
-class RealNVPSplineEstimator(RealNVPEstimator):
-    """The same, with rational-quadratic spline couplings (8 bins, the library's)."""
-
-    name = "realnvp_spline"
-
-    def __init__(self, theta_dim: int, x_dim: int, model: dict[str, Any] | None = None):
-        super().__init__(theta_dim, x_dim, SPLINE_MODEL if model is None else model)
 
 
 class PeerEstimator(Estimator):
@@ -539,18 +516,8 @@ class NflowsMAF(PeerEstimator):
         return self.net.sample(n, context=c).transpose(0, 1)  # nflows: (B, n, D)
 
 
-ESTIMATOR_CLASSES: dict[str, type[Estimator]] = {
-    c.name: c
-    for c in (
-        RealNVPDefaultEstimator,
-        RealNVPDefault128Estimator,
-        RealNVPEstimator,
-        RealNVPSplineEstimator,
-        ZukoNSF,
-        ZukoMAF,
-        NflowsMAF,
-    )
-}
+#: the peers' estimators, by name
+PEER_CLASSES: dict[str, type[Estimator]] = {c.name: c for c in (ZukoNSF, ZukoMAF, NflowsMAF)}
 
 
 def _moments(a: NDArray) -> tuple[NDArray, NDArray]:
@@ -747,11 +714,12 @@ def run_one(
     protocol: Protocol = args.protocol
     theta_tr, x_tr = data["train"]
     theta_va, x_va = data["val"]
-    cls = ESTIMATOR_CLASSES[name]
     est = (
-        cls(task.theta_dim, task.x_dim, args.model)
-        if issubclass(cls, RealNVPEstimator)
-        else cls(task.theta_dim, task.x_dim)
+        RealNVPEstimator(
+            task.theta_dim, task.x_dim, REALNVP_MODELS[name] if args.model is None else args.model
+        )
+        if name in REALNVP_MODELS
+        else PEER_CLASSES[name](task.theta_dim, task.x_dim)
     )
     info, train_s = timed(lambda: est.fit(theta_tr, x_tr, theta_va, x_va, protocol, seed))
     info.seconds = train_s

@@ -72,7 +72,8 @@ def table(runs: dict, budget: int, how: str) -> None:
         print(f"| {task} ({method}) | " + " | ".join(cells) + f" | {anchor} |")
     pairs = [[runs.get((task, budget, name, how)) for name in PAIRED] for task in PAPER_10K]
     lines = [f"- {task}: {paired(*p)}" for task, p in zip(PAPER_10K, pairs, strict=True) if all(p)]
-    print("\n" + "\n".join(lines) if lines else "", end="\n" if lines else "")
+    if lines:
+        print("\n" + "\n".join(lines))
 
 
 def recipes(runs: dict) -> None:
