@@ -70,6 +70,12 @@ def table(runs: dict, budget: int, how: str) -> None:
             same = [paper[i - 1] for i in observations] or paper
             anchor = f"{statistics.mean(same):.3f} ± {statistics.stdev(same):.3f}"
         print(f"| {task} ({method}) | " + " | ".join(cells) + f" | {anchor} |")
+    rs = [r for k, r in runs.items() if k[1] == budget and k[3] == how]
+    every = sum(r["seconds"] for r in rs)
+    both = sum(r["seconds"] for r in rs if r["estimator"] in PAIRED)
+    ran = {r["estimator"] for r in rs} >= set(PAIRED)
+    alone = f", {both:,.0f} for {' and '.join(PAIRED)} alone" if ran else ""
+    print(f"\nSeconds of one thread, training and scoring included: {every:,.0f}{alone}.")
     pairs = [[runs.get((task, budget, name, how)) for name in PAIRED] for task in PAPER_10K]
     lines = [f"- {task}: {paired(*p)}" for task, p in zip(PAPER_10K, pairs, strict=True) if all(p)]
     if lines:
