@@ -128,3 +128,23 @@ def test_training_on_digits_lowers_bits_per_dim() -> None:
     # 17 grey levels: log2(17) = 4.09 bits/dim is the uniform model's cost
     assert after < before - 0.5, (before, after)
     assert after < np.log2(17)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_channels_last_convolutions_compute_what_nchw_does(packed: bool, monkeypatch) -> None:
+    """The conditioners convolve in channels-last layout; the model must be the same function
+    as in NCHW (a layout bug, e.g. a view that mixes channels, would change the densities)."""
+    import realnvp.nn
+
+    torch.manual_seed(0)
+    flow = MultiScaleRealNVP((2, 8, 8), 16, 2, 4, 1, packed=packed).double()
+    for p in flow.parameters():  # the conditioners start at zero output: make them act
+        p.data.add_(0.05 * torch.randn_like(p))
+    flow.eval()
+    x = dequantize(torch.randint(0, 16, (3, 2, 8, 8))).double()
+    monkeypatch.setattr(realnvp.nn, "CONV_MEMORY_FORMAT", torch.channels_last)
+    last = flow.log_prob(x)
+    monkeypatch.setattr(realnvp.nn, "CONV_MEMORY_FORMAT", torch.contiguous_format)
+    first = flow.log_prob(x)
+    assert torch.allclose(last, first, rtol=0, atol=1e-9)
+    assert (last - flow.log_prob(x * 0.5 + 4)).abs().min() > 1e-3  # the input matters
