@@ -5,6 +5,8 @@ saves, loads and trains. The exact-inverse and log-det contract is in test_bijec
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,23 @@ def test_the_contract_cases_reach_the_interior_and_the_tails() -> None:
     for name in ("spline-D4", "spline-D3-context", "realnvp-spline-transform"):
         _, x = build(name)
         assert (x.abs() < 1.5).any() and (x.abs() > 1.5).any(), name
+
+
+def test_rows_in_column_major_order_are_scored_without_a_copy_warning() -> None:
+    """A table read from a column-major array (pandas and numpy give them) reaches the spline
+    as a non-contiguous slice; ``torch.searchsorted`` then warned on stderr (once per process,
+    hence a fresh one here) and copied the values. The scores are the same either way."""
+    code = (
+        "import numpy as np, torch, warnings; warnings.simplefilter('error')\n"
+        "from realnvp import RealNVP\n"
+        "torch.manual_seed(0)\n"
+        "f = RealNVP(features=4, num_layers=2, hidden_features=8, coupling='spline')\n"
+        "x = torch.randn(6, 4)\n"
+        "fx = torch.as_tensor(np.asfortranarray(x.numpy()))\n"
+        "assert torch.equal(f.log_prob(fx), f.log_prob(x))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
 
 
 def test_the_coupling_sizes_its_conditioner_for_3k_minus_1_numbers_per_feature() -> None:

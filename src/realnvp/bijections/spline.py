@@ -76,7 +76,7 @@ def rational_quadratic_spline(
         ``(y, log|dy/dx|)``, both shaped like ``x``: the log-derivative of the map applied
         (of the inverse when ``inverse``), 0 in the tails.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([-6.0, 0.5, 6.0])
         >>> y, ld = rational_quadratic_spline(x, torch.zeros(3, 4), torch.zeros(3, 4),
         ...                                   torch.zeros(3, 3), bound=5.0)
@@ -88,7 +88,7 @@ def rational_quadratic_spline(
     inside = (x >= -bound) & (x <= bound)
     v = x.clamp(-bound, bound)  # tails computed on the clamped value, then discarded
     knots = ys if inverse else xs
-    k = torch.searchsorted(knots, v.unsqueeze(-1), right=True).squeeze(-1) - 1
+    k = torch.searchsorted(knots, v.unsqueeze(-1).contiguous(), right=True).squeeze(-1) - 1
     k = k.clamp(0, widths.shape[-1] - 1)  # v == bound belongs to the last bin
     x0, y0 = _gather(xs, k), _gather(ys, k)
     w, h = _gather(xs, k + 1) - x0, _gather(ys, k + 1) - y0
@@ -134,7 +134,7 @@ class SplineCoupling(_Coupling):
         bound: B, the spline covers ``[-B, B]``; the identity beyond (the data are standardized).
         context_features: the size of the context the conditioner also sees (0: none).
 
-    Example:
+    Examples:
         >>> from realnvp.nn import MLP
         >>> layer = SplineCoupling(torch.tensor([True, False]), lambda i, o: MLP(i, o, 16, 2))
         >>> x = torch.randn(5, 2)
