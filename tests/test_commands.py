@@ -98,7 +98,7 @@ def test_encode_then_decode_round_trips(run: Path, table: Path, tmp_path: Path) 
     assert main(["encode", str(run), str(table), "-o", str(z_path)]) == 0
     assert main(["decode", str(run), str(z_path), "-o", str(x_path)]) == 0
     header, x = read_csv(x_path)
-    assert header == ["x1", "x2", "x3"]
+    assert header == ["a", "b", "c"]  # the training file's own names
     np.testing.assert_allclose(x, np.loadtxt(table, delimiter=",", skiprows=1), atol=1e-4)
     _, z = read_csv(z_path)
     assert abs(z.mean()) < 0.5 and 0.5 < z.std() < 1.5  # roughly standard normal
@@ -133,7 +133,7 @@ def test_sample_is_seeded_and_tempered(run: Path, tmp_path: Path) -> None:
 def test_output_to_stdout(run: Path, capsys) -> None:
     assert main(["sample", str(run), "-n", "5", "-o", "-"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "x1,x2,x3" and len(lines) == 6
+    assert lines[0] == "a,b,c" and len(lines) == 6
 
 
 def test_audit_passes_on_a_trained_model(run: Path, table: Path, capsys) -> None:
@@ -164,3 +164,17 @@ def test_entry_point_and_module_both_work() -> None:
 def test_every_command_has_help_with_an_example(command: str, capsys) -> None:
     assert main([command, "--help"]) == 0
     assert "example:" in capsys.readouterr().out
+
+
+def test_score_refuses_a_table_whose_header_names_other_columns(
+    run: Path, table: Path, tmp_path: Path, capsys
+) -> None:
+    """The run trained on columns a, b, c: a file with the same width but columns b, a, c
+    would be scored with its columns swapped, silently; it is refused with both headers."""
+    swapped = tmp_path / "swapped.csv"
+    lines = table.read_text().splitlines()
+    swapped.write_text("\n".join(["b,a,c", *lines[1:]]) + "\n")
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(run), str(swapped), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "b, a, c" in err and "a, b, c" in err and not out.exists()

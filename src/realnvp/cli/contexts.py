@@ -92,9 +92,10 @@ class Layout:
 
     @classmethod
     def from_info(cls, data: dict[str, Any], width: int) -> Layout:
-        """The layout a run recorded; a run that records none reads all ``width`` columns."""
+        """The layout a run recorded; a run that records none reads all ``width`` columns
+        (named as its training file's header named them, if it had one)."""
         columns, context = data.get("columns"), data.get("context_columns") or {}
-        info = columns or context
+        info = columns or context or {"names": data.get("modelled")}
         names = tuple(info["names"]) if info.get("names") else None
         if columns:
             source = tuple(columns["positions"])
