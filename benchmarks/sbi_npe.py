@@ -117,24 +117,28 @@ estimator by mean C2ST (with the paired difference to the runner-up); the last r
 (task, budget, estimator, seed) wins.
 
 Usage (zuko and nflows from ``pip install torch==2.13.0 -e ".[bench]"``; sbibm's files from the
-wheel, see ``sbibm_tasks.py``; run nothing else at the same time):
-    SBIBM_DIR=/path/to/unzipped/sbibm-wheel python benchmarks/sbi_npe.py \
+wheel, see ``sbibm_tasks.py``; run nothing else at the same time). The README's table, in one
+command on 2 cores (two one-thread processes):
+    SBIBM_DIR=/path/to/unzipped/sbibm-wheel python benchmarks/sbi_npe.py --jobs 2 \
+        --ema 0.995 --weight-decay 3e-3 --estimators realnvp_default zuko_nsf zuko_maf nflows_maf
+    python benchmarks/sbi_npe_summary.py benchmarks/results/sbi_npe.jsonl
+    python benchmarks/sbi_npe.py --report benchmarks/results/sbi_npe.jsonl \
         --figure benchmarks/results/sbi_npe_coverage.png
-    python benchmarks/sbi_npe.py --report benchmarks/results/sbi_npe.jsonl
     SBIBM_DIR=... python benchmarks/sbi_npe.py --tasks two_moons --observations 2 --check-c2st \
         --out /tmp/check.jsonl   # the fast-vs-exact check on two_moons
 
-Time (projected from smoke runs of every piece, in one thread, on this 2-core machine while
-other jobs ran on it, load average 2-6): training the four estimators takes ~6 min on
-two_moons, ~5 on slcp, ~2 on gaussian_linear (~13 min in all); one C2ST takes ~50 s (23-106)
-on two_moons (exact), ~21 s on slcp and ~12 s on gaussian_linear (fast), ~57 min for all 120;
-sampling ~1 min and calibration ~3 min (zuko_nsf's in 10-D alone 77 s). So the full default
-run (3 tasks x 4 estimators x 10 observations, one seed) takes ~74 min in one thread and
-~48 min with ``--threads 2`` (assuming training 1.25x faster and the C2ST folds 1.67x faster
-in 2 processes; neither measured here): about 13 min + 3.5 min per observation scored, over
-the 30 minutes aimed at (an idle machine may take a third less). ``--observations 4`` (the
-first four of sbibm's observations) brings it to ~27 min; ``--c2st fast`` for every task to
-~30 min, at the price of the 2-D bias above.
+Time. Each record holds its run's seconds, measured in one thread while one other such run
+shared the 2-core machine (``seconds``, and ``cpu_seconds`` per part). At 10,000 simulations,
+10 observations, recipe ema: the whole table (7 estimators' runs) took 8,629 s of one thread;
+realnvp_default and zuko_nsf alone 4,102 s (realnvp_default's two_moons run 1,175 s: 717 s of
+training, 421 s of exact C2ST). Scheduled as ``--jobs 2`` schedules them (longest task first,
+the next run to whichever process is free), those records add up to about 37 minutes of wall
+clock for realnvp_default and zuko_nsf and 57 minutes for the four estimators of the command
+above: a projection from the records, not a timed ``--jobs`` run, and over the 30 minutes
+aimed at. Half the time is sbibm's C2ST (an MLP trained in scikit-learn until its loss stalls:
+about 45 s per observation on two_moons, where the early-stopped ``fast`` variant would
+reorder the estimators; see C2ST above); ``--observations 4`` scores the first four
+observations only, in about half the time.
 """
 
 from __future__ import annotations
@@ -982,6 +986,42 @@ def figure(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+#: the order ``--jobs`` hands (task, estimator) runs out, longest first (from the recorded
+#: seconds at 10,000 simulations), so that the last run to start is a short one
+LONGEST_FIRST = ("two_moons", "slcp", "gaussian_linear")
+
+
+def _one_run(args: argparse.Namespace, task: str, estimator: str) -> list[dict[str, Any]]:
+    """In a worker process: one (task, estimator) for every budget, in one thread."""
+    from threadpoolctl import threadpool_limits
+
+    args = copy.copy(args)
+    args.tasks, args.estimators, args.threads = [task], [estimator], 1
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        return run(args)
+
+
+def run_parallel(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (task, estimator) of ``args`` as its own run in ``args.jobs`` worker processes of
+    one thread each, longest first; each run's record is appended to ``--out`` when it ends
+    (the records are those of one-thread runs, as if the runs had gone one after another)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    order = {t: k for k, t in enumerate(LONGEST_FIRST)}
+    units = sorted(
+        ((t, e) for t in args.tasks for e in args.estimators),
+        key=lambda u: (order[u[0]], args.estimators.index(u[1])),
+    )
+    start = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_one_run, args, t, e) for t, e in units]
+        records = [r for f in futures for r in f.result()]
+    print(f"all {len(units)} runs: {time.perf_counter() - start:.0f} s wall clock", flush=True)
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -993,6 +1033,12 @@ def main() -> None:
         type=int,
         default=2,
         help="torch and BLAS threads; C2ST folds in as many processes",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run the (task, estimator) pairs in this many one-thread processes (--threads 1)",
     )
     parser.add_argument(
         "--observations", type=int, default=NUM_OBSERVATIONS, help="score observations 1..N"
@@ -1042,8 +1088,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(args.threads):
-        records = run(args)
+    if args.jobs > 1:
+        records = run_parallel(args)
+    else:
+        with threadpool_limits(args.threads):
+            records = run(args)
     if args.figure:
         figure(records, args.figure)
 
