@@ -16,7 +16,7 @@ class StandardNormal(nn.Module):
     Its constants are buffers, so ``.to(device, dtype)`` moves it with the model and samples are
     drawn on the model's device in the model's dtype.
 
-    Example:
+    Examples:
         >>> import math, torch
         >>> base = StandardNormal((2,))
         >>> base.sample(3).shape
@@ -25,6 +25,8 @@ class StandardNormal(nn.Module):
         >>> math.isclose(log_p, -math.log(2 * math.pi), rel_tol=1e-6)
         True
     """
+
+    log_norm: Tensor  # buffer: the log of the normalizing constant
 
     def __init__(self, event_shape: tuple[int, ...] | int):
         super().__init__()
@@ -64,7 +66,7 @@ class ConditionalNormal(StandardNormal):
     own mean and log-std per context. ``W`` and ``b`` start at zero: the base starts as the
     standard normal.
 
-    Example:
+    Examples:
         >>> base = ConditionalNormal((2,), context_features=3)
         >>> h = torch.eye(3)[[0, 2]]  # two one-hot labels
         >>> base.sample(2, context=h).shape, base.log_prob(torch.zeros(2, 2), h).shape

@@ -17,7 +17,7 @@ class ConfigError(ValueError):
         param: the parameter it was given as, when there is one: the error then reads
             ``param: message``, and ``param`` and ``message`` stay available to callers.
 
-    Example:
+    Examples:
         >>> str(ConfigError("must be at least 1, got 0", param="steps"))
         'steps: must be at least 1, got 0'
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,22 +35,30 @@ class RealNVPDensity(BaseEstimator):
     ``fit`` refuses it with a ValueError naming the columns.
 
     Args:
-        num_layers, hidden_features, num_hidden_layers, coupling: the model (see ``RealNVP``);
-            None (``hidden_features``, ``coupling``): chosen from the training rows' size
+        num_layers: the number of coupling layers (see ``RealNVP``).
+        hidden_features: the conditioners' width; None: chosen from the training rows' size
             (``RealNVP.defaults_for``, for the conditional estimator too).
+        num_hidden_layers: the conditioners' depth.
+        coupling: ``"affine"``, ``"additive"`` or ``"spline"``; None: chosen like
+            ``hidden_features``.
         context_affine: the conditional estimator's ``ContextAffine`` layer (see ``RealNVP``);
             None: on, as the conditional defaults have it (give True only with a context).
-        steps, batch_size, lr, weight_decay, ema, patience: the training recipe (see
-            ``TrainConfig``); None (``batch_size``, ``weight_decay``, ``ema``): the recipe
-            chosen from the training rows' size (``RealNVP.recipe_for``), as is the rest of it;
-            ``ema=0`` trains without the moving average of the weights.
+        steps: the most optimizer steps (early stopping may end sooner); the rest of the
+            training recipe is ``TrainConfig``'s, chosen from the training rows' size
+            (``RealNVP.recipe_for``) where these arguments are None.
+        batch_size: rows per step; None: from the rows' size.
+        lr: Adam's learning rate.
+        weight_decay: Adam's weight decay (an L2 term in its gradient); None: from the rows' size.
+        ema: the decay of the weights' moving average; None: from the rows' size; ``0``
+            trains without it.
+        patience: evaluations without a better validation NLL before stopping (None: never).
         dequantize: "auto" finds rounded columns of X (integers, prices, one-decimal values)
             and trains on them with uniform noise over their step; None takes X as continuous.
         val_fraction: the share of the rows held out for validation (none below 10 rows).
         random_state: seed of the model, the split and the batches.
         device: "cpu", "cuda" or "auto".
 
-    Example:
+    Examples:
         >>> from sklearn.datasets import make_moons
         >>> X, _ = make_moons(500, noise=0.05, random_state=0)
         >>> est = RealNVPDensity(num_layers=4, hidden_features=32, steps=50).fit(X)
@@ -100,8 +109,8 @@ class RealNVPDensity(BaseEstimator):
 
     def fit(self, X: ArrayLike, y: None = None) -> RealNVPDensity:
         """Fit the density of the rows of X, shape (n_samples, n_features >= 2)."""
-        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
-        self._fit(X, None)
+        data: NDArray = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        self._fit(data, None)
         return self
 
     def _fit(self, X: NDArray, context: NDArray | None) -> None:
@@ -124,7 +133,7 @@ class RealNVPDensity(BaseEstimator):
         }
         model = {k: v for k, v in model.items() if v is not None}  # None: sized to the data
         model["dequantize"] = "none" if self.dequantize is None else self.dequantize
-        recipe = {
+        recipe: dict[str, Any] = {
             "steps": self.steps,
             "batch_size": self.batch_size,
             "lr": self.lr,
@@ -145,8 +154,8 @@ class RealNVPDensity(BaseEstimator):
     def score_samples(self, X: ArrayLike) -> NDArray:
         """Log-density of each row of X, in X's units: shape (n_samples,)."""
         check_is_fitted(self, "flow_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self._log_density(X, None)
+        data: NDArray = validate_data(self, X, dtype=np.float64, reset=False)
+        return self._log_density(data, None)
 
     def _log_density(self, X: NDArray, context: NDArray | None) -> NDArray:
         x = self.flow_.as_input(X)
@@ -188,7 +197,7 @@ class ConditionalRealNVPDensity(RealNVPDensity):
     X and y are standardized with their training rows' mean and std (inside the flow, so
     densities stay in X's units). The parameters are ``RealNVPDensity``'s.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> y = rng.normal(size=300)
         >>> X = np.c_[y + 0.1 * rng.normal(size=300), rng.normal(size=300)]
@@ -202,15 +211,18 @@ class ConditionalRealNVPDensity(RealNVPDensity):
         tags.target_tags.required = True
         return tags
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> ConditionalRealNVPDensity:
+    # y is required here, where the unconditional fit takes none (as in score_samples, score)
+    def fit(  # type: ignore[override]
+        self, X: ArrayLike, y: ArrayLike
+    ) -> ConditionalRealNVPDensity:
         """Fit the density of the rows of X (n_samples, n_features >= 2) given their contexts
         y, (n_samples,) or (n_samples, n_context)."""
-        X, y = validate_data(
+        data, context = validate_data(
             self, X, y, dtype=np.float64, ensure_min_samples=2, multi_output=True, y_numeric=True
         )
-        y = _as_2d(y)
-        self.n_context_features_ = y.shape[1]
-        self._fit(X, y)
+        context = _as_2d(context)
+        self.n_context_features_ = context.shape[1]
+        self._fit(data, context)
         return self
 
     def _context(self, y: ArrayLike, rows: int | None = None) -> NDArray:
@@ -223,8 +235,8 @@ class ConditionalRealNVPDensity(RealNVPDensity):
     def score_samples(self, X: ArrayLike, y: ArrayLike) -> NDArray:  # type: ignore[override]
         """Log-density of each row of X given its context in y, in X's units: (n_samples,)."""
         check_is_fitted(self, "flow_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self._log_density(X, self._context(y, len(X)))
+        data: NDArray = validate_data(self, X, dtype=np.float64, reset=False)
+        return self._log_density(data, self._context(y, len(data)))
 
     def score(self, X: ArrayLike, y: ArrayLike) -> float:  # type: ignore[override]
         """Total log-likelihood of X given y."""

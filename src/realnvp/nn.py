@@ -43,7 +43,7 @@ class MLP(nn.Sequential):
     layer reads the data in full precision: rounding the data itself to bf16 would turn the
     float32 rounding error of an inverse pass into a whole bf16 step of every hidden unit.
 
-    Example:
+    Examples:
         >>> net = MLP(1, 2, hidden_features=64, num_hidden_layers=2)
         >>> [m.out_features for m in net if isinstance(m, nn.Linear)]
         [64, 64, 2]
@@ -99,6 +99,9 @@ class BatchNorm2d(nn.BatchNorm2d):
         # nn.BatchNorm2d does.
         dtype, x = x.dtype, x.to(torch.promote_types(x.dtype, torch.float32))
         mean, var, count = collectives.all_reduce_moments(x, [0, 2, 3])
+        # The buffers are None under track_running_stats=False, which this class does not handle.
+        assert self.num_batches_tracked is not None
+        assert self.running_mean is not None and self.running_var is not None
         with torch.no_grad():  # running averages as nn.BatchNorm2d keeps them (unbiased var)
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 1 / int(self.num_batches_tracked)
@@ -147,7 +150,7 @@ class ResNet(nn.Module):
     built on it starts as the identity, while its directions are random so the magnitudes get a
     gradient from the first step.
 
-    Example:
+    Examples:
         >>> net = ResNet(2, 4, hidden_channels=8, num_blocks=1)
         >>> net(torch.randn(3, 2, 5, 5)).abs().max().item()
         0.0
@@ -164,9 +167,9 @@ class ResNet(nn.Module):
         self.blocks = nn.Sequential(*[_ResidualBlock(hidden_channels) for _ in range(num_blocks)])
         self.out_norm = BatchNorm2d(hidden_channels)
         self.last = _conv(hidden_channels, out_channels)
-        with torch.no_grad():
-            self.last.parametrizations.weight.original0.zero_()
-            self.last.bias.zero_()
+        with torch.no_grad():  # get_parameter: weight_norm adds g at run time, untyped
+            self.last.get_parameter("parametrizations.weight.original0").zero_()
+            self.last.get_parameter("bias").zero_()
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.blocks(self.first(x.contiguous(memory_format=CONV_MEMORY_FORMAT)))
@@ -180,7 +183,7 @@ class ResNet(nn.Module):
 def weight_norm_magnitudes(module: nn.Module) -> list[Tensor]:
     """The magnitude parameters ``g`` of every weight-normalized layer inside ``module``."""
     return [
-        m.parametrizations.weight.original0
+        m.get_parameter("parametrizations.weight.original0")
         for m in module.modules()
         if hasattr(m, "parametrizations") and hasattr(m.parametrizations, "weight")
     ]

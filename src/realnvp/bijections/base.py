@@ -9,7 +9,8 @@ gives its own bijection) and that every other layer ignores.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -27,7 +28,9 @@ def forward(b: nn.Module, x: Tensor, context: Tensor | None = None) -> tuple[Ten
 
 def inverse(b: nn.Module, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``b.inverse(z, context)``, or ``b.inverse(z)`` without a context (see ``forward``)."""
-    return b.inverse(z) if context is None else b.inverse(z, context)
+    # a method of any bijection, which nn.Module's typing sees as an attribute
+    b_inverse = cast("Callable[..., tuple[Tensor, Tensor]]", b.inverse)
+    return b_inverse(z) if context is None else b_inverse(z, context)
 
 
 class Bijection(nn.Module):
@@ -74,7 +77,7 @@ class Compose(Bijection):
 
     The log-determinants add, by the chain rule.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from realnvp.bijections import Compose, Permutation
         >>> f = Compose([Permutation(torch.tensor([1, 0])), Permutation(torch.tensor([1, 0]))])
@@ -91,7 +94,7 @@ class Compose(Bijection):
         return len(self.layers)
 
     def __getitem__(self, index: int) -> Bijection:
-        return self.layers[index]
+        return cast(Bijection, self.layers[index])  # the constructor's bijections
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_det = x.new_zeros(x.shape[0])

@@ -41,6 +41,12 @@ class _Coupling(Bijection):
     #: how many tensors the conditioner yields per transformed feature (t; or log-scale and t)
     params_per_feature: int = 1
 
+    conditioner: nn.Module
+    mask: Tensor  # buffers; the three indices exist only for a 1-D mask
+    keep_index: Tensor
+    rest_index: Tensor
+    merge_index: Tensor
+
     def __init__(self, mask: Tensor, conditioner: Conditioner, context_features: int = 0):
         super().__init__()
         mask = validate_mask(mask)
@@ -156,7 +162,7 @@ class AffineCoupling(_Coupling):
         max_scale: the cap on ``|s|`` (None: no cap).
         context_features: the size of the context the conditioner also sees (0: none).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from realnvp.nn import MLP
         >>> layer = AffineCoupling(torch.tensor([True, False]), lambda i, o: MLP(i, o, 16, 2))
@@ -227,9 +233,10 @@ class ContextAffine(Bijection):
         conditioner: the network from the (embedded) context, ``(B, C) -> (B, 2 D)`` giving
             ``(raw_s, t)``, or a factory ``(C, 2 D) -> network``.
         context_features: C, the size of the context it sees.
-        scale_init, max_scale: as in ``AffineCoupling``.
+        scale_init: the log-scale's initial bound, as in ``AffineCoupling``.
+        max_scale: the cap on the log-scale, as in ``AffineCoupling``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from realnvp.nn import MLP
         >>> layer = ContextAffine(2, lambda i, o: MLP(i, o, 16, 2), context_features=3)

@@ -15,10 +15,13 @@ from realnvp.errors import ConfigError
 class Permutation(Bijection):
     """Reorder features: ``z = x[:, perm]``; volume preserving.
 
-    Example:
+    Examples:
         >>> Permutation(torch.tensor([2, 0, 1]))(torch.tensor([[10.0, 11.0, 12.0]]))[0].tolist()
         [[12.0, 10.0, 11.0]]
     """
+
+    perm: Tensor  # buffers
+    inverse_perm: Tensor
 
     def __init__(self, perm: Tensor):
         super().__init__()
@@ -62,13 +65,17 @@ class Standardize(Bijection):
     dtype, and ``inverse`` returns float64 data. A column of values near ``1e7`` thus keeps its
     digits, which float32 (7 significant digits) would round away before the subtraction.
 
-    Example:
+    Examples:
         >>> import torch
         >>> f = Standardize(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]))
         >>> z, log_det = f(torch.tensor([[3.0, 6.0]]))
         >>> z.tolist(), round(log_det.item(), 4)
         ([[1.0, 1.0]], -2.0794)
     """
+
+    mean: Tensor  # buffers
+    std: Tensor
+    _like: Tensor
 
     def __init__(self, mean: Tensor, std: Tensor):
         super().__init__()
@@ -127,7 +134,7 @@ class Logit(Bijection):
     ``log_prob`` is a density over dequantized pixels, and bits per dimension are simply
     ``-log_prob / (D * log 2)`` (see ``realnvp.models.bits_per_dim``).
 
-    Example:
+    Examples:
         >>> f = Logit(levels=256, alpha=0.05)
         >>> z, _ = f(torch.tensor([[128.0]]))
         >>> round(z.item(), 6)

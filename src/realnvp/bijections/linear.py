@@ -31,7 +31,7 @@ class InvertibleConv1x1(Bijection):
         channels: size of dimension 1, at least 2 (on one channel it would only scale it: use
             ``ActNorm``).
 
-    Example:
+    Examples:
         >>> conv = InvertibleConv1x1(3)
         >>> x = torch.randn(4, 3, 5, 5)
         >>> z, log_det = conv(x)
@@ -39,6 +39,9 @@ class InvertibleConv1x1(Bijection):
         >>> bool((x2 - x).abs().max() < 1e-5), bool((log_det + inverse_log_det).abs().max() == 0)
         (True, True)
     """
+
+    permutation: Tensor  # buffers
+    sign: Tensor
 
     def __init__(self, channels: int):
         super().__init__()

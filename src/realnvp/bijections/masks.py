@@ -12,7 +12,7 @@ from realnvp.errors import ConfigError
 def half_mask(features: int, first: bool = True) -> Tensor:
     """Keep the first ``ceil(D / 2)`` features (``first=True``) or the complement.
 
-    Example:
+    Examples:
         >>> half_mask(5).tolist(), half_mask(5, first=False).tolist()
         ([True, True, True, False, False], [False, False, False, True, True])
     """
@@ -26,7 +26,7 @@ def alternating_masks(first: Tensor, num_layers: int) -> list[Tensor]:
     """Masks for ``num_layers`` couplings: ``first``, its complement, ``first``, ...; after any
     two consecutive layers every feature has been transformed.
 
-    Example:
+    Examples:
         >>> [m.tolist() for m in alternating_masks(half_mask(2), 3)]
         [[True, False], [False, True], [True, False]]
     """
@@ -40,7 +40,7 @@ def rolling_masks(first: Tensor, num_layers: int) -> list[Tensor]:
     ``~roll(first, 1)``, ... With alternating halves two features of the same half never
     condition on each other; rolled, every pair of features is split by some layer.
 
-    Example:
+    Examples:
         >>> [m.int().tolist() for m in rolling_masks(half_mask(4), 4)]
         [[1, 1, 0, 0], [0, 0, 1, 1], [0, 1, 1, 0], [1, 0, 0, 1]]
     """
@@ -67,7 +67,7 @@ def checkerboard_mask(channels: int, height: int, width: int, parity: int = 1) -
     """The paper's spatial checkerboard (section 3.4): keep the pixels whose row plus column is
     odd (``parity=1``) or even (``parity=0``), in every channel; shape ``(C, H, W)``.
 
-    Example:
+    Examples:
         >>> checkerboard_mask(1, 2, 2)[0].tolist()
         [[False, True], [True, False]]
     """
@@ -83,7 +83,7 @@ def channel_mask(channels: int, height: int, width: int, first: bool = True) -> 
     """The paper's channel-wise mask: keep the first half of the channels (``first=True``) or
     the second half, at every pixel; shape ``(C, H, W)``.
 
-    Example:
+    Examples:
         >>> channel_mask(4, 1, 1).flatten().tolist()
         [True, True, False, False]
     """
@@ -99,7 +99,7 @@ def packed_checkerboard_mask(channels: int, parity: int = 1) -> Tensor:
     parity of the pixel's row plus column, so ``checkerboard_mask(C, H, W, parity)`` keeps the
     same pixels of ``x`` as this 1-D mask keeps channels of ``squeeze(x)``; shape ``(4C,)``.
 
-    Example:
+    Examples:
         >>> packed_checkerboard_mask(1).tolist()  # channels 1 and 2: pixels (0, 1) and (1, 0)
         [False, True, True, False]
     """

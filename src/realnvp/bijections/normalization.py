@@ -55,12 +55,15 @@ class BatchNorm(Bijection):
         momentum: weight of the newest batch in the running averages.
         eps: added to the variance.
 
-    Example:
+    Examples:
         >>> bn = BatchNorm(2)
         >>> z, log_det = bn(torch.randn(64, 2) * 3 + 1)
         >>> bool(z.mean(0).abs().max() < 1e-5), log_det.shape
         (True, torch.Size([64]))
     """
+
+    running_mean: Tensor  # buffers
+    running_var: Tensor
 
     def __init__(self, features: int, momentum: float = 0.05, eps: float = 1e-4):
         super().__init__()
@@ -123,7 +126,7 @@ class ActNorm(Bijection):
         features: size of dimension 1.
         eps: added to the variance at initialisation.
 
-    Example:
+    Examples:
         >>> an = ActNorm(2)
         >>> z, log_det = an(torch.randn(64, 2) * 3 + 1)  # the first batch initialises it
         >>> bool(z.mean(0).abs().max() < 1e-5), bool(an.initialized)
@@ -133,6 +136,8 @@ class ActNorm(Bijection):
         >>> bool(z2.mean(0).abs().max() > 0.1)
         True
     """
+
+    initialized: Tensor  # buffer
 
     def __init__(self, features: int, eps: float = 1e-6):
         super().__init__()

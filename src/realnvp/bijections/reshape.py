@@ -17,7 +17,7 @@ class Squeeze(Bijection):
     Output channel ``4c + 2i + j`` holds pixel ``(2h + i, 2w + j)`` of input channel ``c``, so the
     first half of the channels (a channel-wise mask) is never a checkerboard.
 
-    Example:
+    Examples:
         >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
         >>> Squeeze()(x)[0].flatten().tolist()
         [0.0, 1.0, 2.0, 3.0]

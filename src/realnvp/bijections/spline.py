@@ -162,7 +162,9 @@ class SplineCoupling(_Coupling):
         self.bins = bins
         self.bound = float(bound)
 
-    def _spline(self, keep: Tensor, rest: Tensor, context: Tensor | None, inverse: bool) -> Tensor:
+    def _spline(
+        self, keep: Tensor, rest: Tensor, context: Tensor | None, inverse: bool
+    ) -> tuple[Tensor, Tensor]:
         # (B, D_rest * (3K - 1)) -> (B, D_rest, 3K - 1)
         h = self.conditioner(self._conditioner_input(keep, context))
         h = h.reshape(rest.shape[0], rest.shape[1], self.params_per_feature)

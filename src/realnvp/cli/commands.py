@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib.image
 import numpy as np
@@ -117,6 +117,16 @@ def _write_images(path: Path, flow: MultiScaleRealNVP, x: torch.Tensor) -> None:
 def _is_table(flow: Flow) -> bool:
     """Whether the model's examples are rows of a table (a CSV can hold them)."""
     return len(flow.event_shape) == 1
+
+
+def _table_model(flow: Flow) -> RealNVP:
+    """A table model as the kind it is (``RealNVP``, the kind of every table run)."""
+    return cast(RealNVP, flow)
+
+
+def _image_model(flow: Flow) -> MultiScaleRealNVP:
+    """An image model as the kind it is (``MultiScaleRealNVP``, the kind of every image run)."""
+    return cast(MultiScaleRealNVP, flow)
 
 
 def _examples(
@@ -324,6 +334,7 @@ def _prepare_run(args: argparse.Namespace) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    model: dict[str, Any] | None  # None on --resume: the run's saved model
     x, context, info, model = _training_data(args)
     kind = kind_of(model)
     _check_model_options(args, kind)
@@ -378,7 +389,7 @@ def _report(history: History, flow: Flow, out: Path, names: list[str] | None = N
     )
     rounding = getattr(flow, "rounding", None)
     if rounding:
-        print(_rounding_note(rounding, flow.log_cell, names), file=sys.stderr)
+        print(_rounding_note(rounding, _table_model(flow).log_cell, names), file=sys.stderr)
 
 
 def _rounding_note(rounding: list[float], log_cell: float, names: list[str] | None) -> str:
@@ -398,7 +409,7 @@ def _eval(args: argparse.Namespace) -> int:
     x, context = _examples(args, args.data, flow, args.data_seed, 2, _layout(config, flow))
     c = None if context is None else flow.as_context(context)
     nll = evaluate_nll(flow, x, context=c).double().cpu().numpy()
-    result = {
+    result: dict[str, Any] = {
         "nll": float(nll.mean()),
         "nll_se": float(nll.std(ddof=1) / math.sqrt(len(nll))),
         "n": len(nll),
@@ -409,7 +420,7 @@ def _eval(args: argparse.Namespace) -> int:
         result[metric.name] = metric.of_nll(result["nll"])
         result[f"{metric.name}_se"] = metric.of_nll(result["nll_se"])
     if getattr(flow, "rounding", None):  # scored on dequantized rows (flow.prepare)
-        result["rounded_nll_bound"] = result["nll"] - flow.log_cell
+        result["rounded_nll_bound"] = result["nll"] - _table_model(flow).log_cell
     if args.json:
         print(json.dumps(result))
     elif metric is not None:
@@ -444,6 +455,7 @@ def _transform(args: argparse.Namespace) -> int:
             "(use the Python API's log_prob/encode/decode for images)"
         )
     layout = _layout(config, flow)
+    assert layout is not None  # a table model has one
     if args.command == "decode":
         x, context = _latents(args, args.data, flow, layout)
     else:  # each row's density and code at the row itself, not at a dequantized draw of it
@@ -455,8 +467,8 @@ def _transform(args: argparse.Namespace) -> int:
             out = flow.encode(x, context)
         else:
             out = flow.decode(x, context)
-    out = out.double().cpu().numpy()
-    bad = ~np.isfinite(out).all(axis=1)
+    values = out.double().cpu().numpy()
+    bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
         what = "log_prob" if args.command == "score" else "value"
         raise UsageError(
@@ -464,7 +476,7 @@ def _transform(args: argparse.Namespace) -> int:
             f"non-finite {what}: the row is too far outside what the model was trained on; "
             "nothing was written"
         )
-    _write_csv(args.output, *_transformed(args.command, layout, out, context))
+    _write_csv(args.output, *_transformed(args.command, layout, values, context))
     return 0
 
 
@@ -489,8 +501,8 @@ def _sample(args: argparse.Namespace) -> int:
     generator = torch.Generator(device=flow.device).manual_seed(args.seed)
     with torch.inference_mode():
         x = flow.sample(args.n, context, temperature=args.temperature, generator=generator)
-    if not table:
-        _write_images(Path(args.output), flow, x)
+    if layout is None:  # an image model
+        _write_images(Path(args.output), _image_model(flow), x)
     elif context is None:
         _write_csv(args.output, flow.to_data(x), layout.header())
     else:
@@ -519,14 +531,13 @@ def _sample_context(args: argparse.Namespace, flow: Flow, layout: Layout | None)
     if layout is None:  # class-conditional images
         if args.context is not None or args.context_file is not None:
             raise UsageError(f"{given[0]}: {args.run_dir} is class-conditional; give --label")
+        classes = _image_model(flow).num_classes
         if args.label is None:
             raise UsageError(
-                f"{args.run_dir}: is class-conditional; give --label (0 to {flow.num_classes - 1})"
+                f"{args.run_dir}: is class-conditional; give --label (0 to {classes - 1})"
             )
-        if not 0 <= args.label < flow.num_classes:
-            raise UsageError(
-                f"--label: {args.label}; the model's labels are 0 to {flow.num_classes - 1}"
-            )
+        if not 0 <= args.label < classes:
+            raise UsageError(f"--label: {args.label}; the model's labels are 0 to {classes - 1}")
         return args.label
     names = layout.context_names()
     if args.label is not None:
@@ -550,16 +561,17 @@ def _conditional_samples(
     if context.ndim == 1:
         rows = layout.join(flow.to_data(x), np.broadcast_to(context, (len(x), len(context))))
         return rows, header
-    x = flow.to_data(x).transpose(1, 0, 2).reshape(-1, x.shape[-1])  # grouped by context row
+    grouped = flow.to_data(x).transpose(1, 0, 2).reshape(-1, x.shape[-1])  # by context row
     repeated = np.repeat(context, args.n, axis=0)
     index = np.repeat(np.arange(1, len(context) + 1), args.n)[:, None]
-    return np.hstack([index, layout.join(x, repeated)]), ["row", *header]
+    return np.hstack([index, layout.join(grouped, repeated)]), ["row", *header]
 
 
 def _plot(args: argparse.Namespace) -> int:
     flow, config = load_model(args.run_dir)
     if _is_table(flow):
         raise UsageError(f"{args.run_dir}: 'plot' draws image models; this one is a table model")
+    images = _image_model(flow)
     spec = args.data or config.get("data", {}).get("source")
     if spec is None:
         raise UsageError("name the test images: realnvp plot RUN DATA --out DIR")
@@ -572,11 +584,11 @@ def _plot(args: argparse.Namespace) -> int:
         label = int(y[0])
         four = x[(y == label).nonzero().squeeze(1)[:4]]
     figures = {
-        "samples.png": plot_samples(flow, seed=args.seed),
+        "samples.png": plot_samples(images, seed=args.seed),
         "reconstructions.png": plot_reconstructions(
-            flow, x[pick], 8, None if y is None else y[pick]
+            images, x[pick], 8, None if y is None else y[pick]
         ),
-        "manifold.png": plot_manifold(flow, four, label=label),
+        "manifold.png": plot_manifold(images, four, label=label),
     }
     for name, figure in figures.items():
         save_figure(figure, args.out / name, dpi=150)
@@ -588,6 +600,7 @@ def _audit(args: argparse.Namespace) -> int:
     flow, config = load_model(args.run_dir)
     # one backward pass per output value and point: a few points for images
     max_points = args.max_points if _is_table(flow) else min(args.max_points, 2)
+    context: torch.Tensor | np.ndarray | None
     if args.data is None:
         context = None
         if flow.context_shape is not None:
@@ -596,7 +609,7 @@ def _audit(args: argparse.Namespace) -> int:
                     f"{args.run_dir}: is conditional; name the rows to check, with "
                     "their context columns: realnvp audit RUN DATA"
                 )
-            context = torch.arange(4096) % flow.num_classes
+            context = torch.arange(4096) % _image_model(flow).num_classes
         with torch.no_grad():
             g = torch.Generator().manual_seed(args.data_seed)
             x = flow.sample(4096 if context is None else 1, context, generator=g)

@@ -158,8 +158,12 @@ class Layout:
         have (None: any number, the columns being picked by name)."""
         header = column_names(spec)
         if self.source is None:
-            same_width = header is not None and len(header) == self.width
-            if self.names and same_width and tuple(header) != self.names:
+            if (
+                self.names
+                and header is not None
+                and len(header) == self.width
+                and tuple(header) != self.names
+            ):
                 raise DataError(
                     f"{spec}: its columns are {', '.join(header)}; the model was trained on "
                     f"{', '.join(self.names)}"

@@ -28,17 +28,17 @@ def check_density_table(
     numbers: Sequence[int] | None = None,
     how: str = "with --columns",
 ) -> None:
-    """Refuse training data that have no density: a constant column, or columns that are
-    linearly dependent (to float64 precision: the smallest singular value of the standardized
-    columns is under ``COLLINEAR`` times the largest), which put all the mass on a line or plane.
+    """Refuse training data without a density: a constant column, or linearly dependent columns
+    (standardized, smallest singular value under ``COLLINEAR`` times the largest, in float64).
 
     Args:
         x: (N, D) finite float64, the columns to model.
         source: the file (or array) named in the message.
-        names, numbers: each column's name and the number (from 1) it has in ``source``.
+        names: each column's name.
+        numbers: each column's number (from 1) in ``source``.
         how: how the user leaves a column out, at the end of the message.
 
-    Example:
+    Examples:
         >>> x = np.c_[np.arange(4.0), 2 * np.arange(4.0) + 1, [0, 1, 0, 1]]
         >>> check_density_table(x, "t", ["a", "b", "c"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):

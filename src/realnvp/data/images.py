@@ -81,12 +81,12 @@ def mnist5k(test_per_class: int = 100) -> ImageData:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64)
     x = table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8)
     labels = table[:, -1]
-    train, test = [], []
+    train_rows, test_rows = [], []
     for digit in range(10):
         rows = np.flatnonzero(labels == digit)
-        train.append(rows[:-test_per_class])
-        test.append(rows[-test_per_class:])
-    train, test = np.concatenate(train), np.concatenate(test)
+        train_rows.append(rows[:-test_per_class])
+        test_rows.append(rows[-test_per_class:])
+    train, test = np.concatenate(train_rows), np.concatenate(test_rows)
     return ImageData("mnist5k", x[train], x[test], 256, labels[train], labels[test])
 
 

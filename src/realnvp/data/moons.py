@@ -62,15 +62,16 @@ def moons_log_density(
     Args:
         x: points, shape (N, 2).
         noise: the ``noise`` argument of ``make_moons`` (standard deviation).
-        panels, order: the composite Gauss-Legendre rule on [0, pi]; the defaults agree with
-            adaptive quadrature to about 1e-13 at noise 0.05.
+        panels: the number of panels of the composite Gauss-Legendre rule on [0, pi].
+        order: the nodes per panel; with the default ``panels`` they agree with adaptive
+            quadrature to about 1e-13 at noise 0.05.
         per_moon: return the joint log-density of the point and each moon, shape (N, 2)
             (outer, inner), whose log-sum-exp over the last axis is the density.
 
     Returns:
         ``log p(x)``, shape (N,), or (N, 2) with ``per_moon``.
 
-    Example:
+    Examples:
         >>> round(float(moons_log_density([[0.0, 1.0]])[0]), 3)
         0.239
     """

@@ -31,7 +31,7 @@ def rounding_step(column: NDArray) -> float:
     on that grid (minutes recorded to the second and printed to 6 decimals: 1/60, not 1e-6);
     0 for a continuous column.
 
-    Example:
+    Examples:
         >>> rounding_step(np.array([1.5, 2.0, 2.0, 3.5, 7.0]))
         0.5
         >>> rounding_step(np.array([0.1234, 2.718281, 3.14159]))
@@ -93,7 +93,7 @@ def dequantize(x: NDArray, steps: NDArray, rng: np.random.Generator) -> NDArray:
     """``x`` with uniform noise over each rounded column's cell, ``x + step * (u - 1/2)``;
     continuous columns (step 0) are left as they are.
 
-    Example:
+    Examples:
         >>> x = np.array([[1.0, 0.123], [2.0, 0.456]])
         >>> y = dequantize(x, np.array([1.0, 0.0]), np.random.default_rng(0))
         >>> bool(np.all(np.abs(y - x)[:, 0] <= 0.5)), bool(np.all(y[:, 1] == x[:, 1]))

@@ -225,7 +225,7 @@ def _read_arrow(
     kinds = {j: _arrow_kind(pa, table.schema.field(j).type) for j in picked}
     foreign = [j for j in picked if kinds[j] is not None]
     if foreign:
-        what = " and ".join(dict.fromkeys(kinds[j] for j in foreign))
+        what = " and ".join(dict.fromkeys(k for k in kinds.values() if k is not None))
         first = table.column(foreign[0])
         row = pa.compute.index(first.is_valid(), True).as_py()
         value = first[row].as_py() if row >= 0 else None
@@ -346,8 +346,8 @@ def table_header(path: str | Path) -> tuple[list[str] | None, int]:
         return None, _read_numpy(path).shape[1]
     if suffix in ARROW_FORMATS:
         schema = _arrow_read(path, schema_only=True)
-        data = _data_columns(schema)
-        return [schema.names[j] for j in data], len(data)
+        columns = _data_columns(schema)
+        return [schema.names[j] for j in columns], len(columns)
     with open(path, newline="") as f:
         rows = _csv_rows(f)
         _, first = next(rows, (0, None))
@@ -374,7 +374,7 @@ def resolve_columns(
     """The 0-based indices of the columns that ``spec`` lists, comma-separated: names from the
     header, or numbers counting from 1 (as the error messages count columns).
 
-    Example:
+    Examples:
         >>> resolve_columns("c, 1", ["a", "b", "c"], 3, "t.csv")
         [2, 0]
     """

@@ -72,7 +72,7 @@ TOY_DATASETS: dict[str, Callable[[int, np.random.Generator], NDArray]] = {
 def toy_data(name: str, n: int, seed: int = 0) -> NDArray:
     """``n`` points of the built-in data set ``name``: (n, 2) float64.
 
-    Example:
+    Examples:
         >>> toy_data("8gaussians", 4, seed=0).shape
         (4, 2)
     """

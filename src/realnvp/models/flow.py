@@ -357,7 +357,8 @@ class Flow(nn.Module):
             log_p = self.base.log_prob(z, h) - log_det
             return x.reshape(n, *batch, *x.shape[1:]), log_p.reshape(n, *batch)
 
-    def compile(self, **kwargs: Any) -> Flow:
+    # unlike nn.Module.compile (which compiles __call__ and returns None): returns the flow
+    def compile(self, **kwargs: Any) -> Flow:  # type: ignore[override]
         """Compile ``log_prob`` (so training and scoring) and the inverse pass (so ``decode`` and
         ``sample``) with ``torch.compile``; ``kwargs`` go to it. Returns the flow itself.
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
 from realnvp import collectives
@@ -50,6 +50,10 @@ from realnvp.models.flow import Flow, Metric
 from realnvp.nn import ResNet
 
 
+@overload
+def bits_per_dim(log_prob: Tensor, dims: int) -> Tensor: ...
+@overload
+def bits_per_dim(log_prob: float, dims: int) -> float: ...
 def bits_per_dim(log_prob: Tensor | float, dims: int) -> Tensor | float:
     """Bits per dimension from a log-density over dequantized pixels: ``-log_prob / (D log 2)``.
 
@@ -101,6 +105,8 @@ def default_scales(height: int, width: int) -> int:
 
 class _MaskedInput(nn.Module):
     """Give the conditioner the mask as an extra channel, so it knows which pixels are given."""
+
+    mask_channel: Tensor  # buffer
 
     def __init__(self, mask: Tensor, net: nn.Module):
         super().__init__()
@@ -253,7 +259,7 @@ class MultiScaleRealNVP(Flow):
             paper's full-resolution masked inputs, with a checkerboard's mask as an extra
             channel). A scale of odd height or width keeps masked checkerboards.
 
-    Example:
+    Examples:
         >>> flow = MultiScaleRealNVP((1, 8, 8), levels=17, hidden_channels=8, num_blocks=1)
         >>> x = dequantize(torch.randint(0, 17, (4, 1, 8, 8)))
         >>> flow.log_prob(x).shape, flow.encode(x).shape
@@ -289,22 +295,24 @@ class MultiScaleRealNVP(Flow):
         conv1x1: bool = False,
         packed: bool = False,
     ):
-        shape = tuple(int(s) for s in shape)
-        num_scales = _check_sizes(shape, num_scales, hidden_channels, num_blocks, num_classes)
+        sizes = tuple(int(s) for s in shape)
+        num_scales = _check_sizes(sizes, num_scales, hidden_channels, num_blocks, num_classes)
+        c, h, w = sizes  # _check_sizes refuses any other length
+        event = (c, h, w)
         step = _Step(
             num_blocks, batch_norm, actnorm, conv1x1, packed, scale_init, max_scale, num_classes
         )
-        body = _scale(shape, num_scales, hidden_channels, step)
+        body = _scale(event, num_scales, hidden_channels, step)
         conditional = num_classes > 0
         base = (
-            ConditionalNormal(shape, num_classes)
+            ConditionalNormal(event, num_classes)
             if conditional and class_prior
-            else StandardNormal(shape)
+            else StandardNormal(event)
         )
         context_shape = () if conditional else None
         super().__init__(Compose([Logit(levels, alpha), body]), base, context_shape)
         self.config = {
-            "shape": list(shape),
+            "shape": list(event),
             "levels": levels,
             "num_scales": num_scales,
             "hidden_channels": hidden_channels,
@@ -395,7 +403,7 @@ class MultiScaleRealNVP(Flow):
             return f"a grey level of {top}; {expected} (0 to {self.levels - 1})"
         return None
 
-    def prepare(self, x: NDArray | Tensor, seed: int = 0) -> Tensor:
+    def prepare(self, x: ArrayLike | Tensor, seed: int = 0) -> Tensor:
         """Integer grey levels, dequantized once with noise drawn from ``seed``."""
         x = self.as_input(x)
         return dequantize(x, torch.Generator(device=x.device).manual_seed(seed))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
 from realnvp.bijections import (
@@ -91,7 +92,7 @@ class RealNVP(Flow):
             training batches get fresh uniform noise over each step (``training_batch``), rows
             to score a fixed draw of it (``prepare``); see ``realnvp.data.rounding``.
 
-    Example:
+    Examples:
         >>> flow = RealNVP(features=2, num_layers=8, hidden_features=128, num_hidden_layers=2)
         >>> x = flow.sample(4)
         >>> flow.log_prob(x).shape, torch.allclose(flow.decode(flow.encode(x)), x)
@@ -107,6 +108,8 @@ class RealNVP(Flow):
 
     kind = "realnvp"
     nll_units: ClassVar[str] = "nats per row, in the data's own units"
+
+    transform: Compose  # the constructor's layers
 
     def __init__(
         self,
@@ -163,6 +166,7 @@ class RealNVP(Flow):
         }
         #: each column's rounding step (0: continuous), or None when no column is rounded
         self.rounding = _rounding(dequantize, features)
+        extra: dict[str, Any]  # values of several types
         extra = {"bins": bins, "tail_bound": tail_bound} if coupling == "spline" else {}
         extra |= {"masks": masks} if masks != "alternate" else {}
         extra |= {"context_affine": True} if context_affine else {}
@@ -211,7 +215,7 @@ class RealNVP(Flow):
         evaluations sized to the rows (see ``table_sizes``)."""
         return replace(cls.recipe, **table_sizes(shape[0], shape[1])[1])
 
-    def prepare(self, x: NDArray | Tensor, seed: int = 0) -> Tensor:
+    def prepare(self, x: ArrayLike | Tensor, seed: int = 0) -> Tensor:
         """Rows to score: the rounded columns dequantized once with noise drawn from ``seed``
         alone (the same on every process of a torchrun job; the rest as they are)."""
         x = self.as_input(x)
@@ -241,7 +245,8 @@ class RealNVP(Flow):
     def couplings(self) -> list[Bijection]:
         """The layers after the standardization: the couplings, after a ``ContextAffine``
         when the flow has one."""
-        return [b for b in self.transform.layers if not isinstance(b, Standardize)]
+        layers = cast("Iterable[Bijection]", self.transform.layers)  # Compose's bijections
+        return [b for b in layers if not isinstance(b, Standardize)]
 
     @property
     def input_dtype(self) -> torch.dtype:
@@ -294,6 +299,8 @@ class RealNVP(Flow):
             raise ConfigError("this flow was built with standardize=False")
         first.set_statistics(mean, std)
         if context_mean is not None and self.context_standardize is not None:
+            if context_std is None:  # the TypeError set_statistics would raise, named
+                raise TypeError("context_mean needs context_std")
             self.context_standardize.set_statistics(context_mean, context_std)
 
 
@@ -310,9 +317,11 @@ def _coupling(
     """The coupling called ``coupling``, with its own ``options``: ``(scale_init, max_scale)``
     for ``"affine"``, ``(bins, tail_bound)`` for ``"spline"``, none for ``"additive"``."""
     if coupling == "affine":
-        return AffineCoupling(mask, conditioner, *options, context_features=c)
+        scale_init, max_scale = options
+        return AffineCoupling(mask, conditioner, scale_init, max_scale, context_features=c)
     if coupling == "spline":
-        return SplineCoupling(mask, conditioner, *options, context_features=c)
+        bins, bound = options
+        return SplineCoupling(mask, conditioner, bins, bound, context_features=c)
     return AdditiveCoupling(mask, conditioner, c)
 
 
@@ -354,7 +363,7 @@ def table_sizes(
       splines alone stay 0.31 nats from the exact NLL, and 0.03-0.05 with the layer
       (``benchmarks/context_affine.py``).
 
-    Example:
+    Examples:
         >>> model, recipe = table_sizes(300, 2)
         >>> model
         {'coupling': 'spline', 'hidden_features': 32}

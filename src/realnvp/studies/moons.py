@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -235,7 +236,7 @@ def _draw_figures(
 
 def _write_config(config: MoonsStudyConfig, out: Path, started: float) -> float:
     """``config.json``: the study's settings and the environment; returns the seconds taken."""
-    meta = {
+    meta: dict[str, Any] = {
         "realnvp": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),

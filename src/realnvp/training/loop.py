@@ -149,9 +149,10 @@ class Trainer:
     Args:
         flow: the model; trained in place, and left with the weights of its best validation NLL
             (with ``config.ema``, the moving average's; without ``x_val``, the last average).
-        x_train, x_val: data tensors, (N, ...) each, as ``flow.as_input`` gives them; ``x_val``
-            may be None. A conditional flow trains on pairs ``(x, context)`` of tensors with
-            the same N, the contexts as ``flow.as_context`` gives them.
+        x_train: the training data, a tensor (N, ...) as ``flow.as_input`` gives it. A
+            conditional flow trains on pairs ``(x, context)`` of tensors with the same N, the
+            contexts as ``flow.as_context`` gives them.
+        x_val: the validation data, the same way, or None.
         config: the recipe; default ``flow.recipe_for(x_train.shape)``, the model kind's own for
             data of that size.
         callbacks: the outputs (``realnvp.training.callbacks``): called on rank 0 only.
@@ -168,6 +169,8 @@ class Trainer:
         self.flow = flow
         self.x_train, self.context_train = _pair(x_train, flow.device)
         self.config = config or flow.recipe_for(tuple(self.x_train.shape))
+        self.x_val: Tensor | None
+        self.context_val: Tensor | None
         self.x_val, self.context_val = (None, None) if x_val is None else _pair(x_val, flow.device)
         self.optimizer = make_optimizer(flow.parameters(), self.config.lr, self.config.weight_decay)
         if self.config.compile:
@@ -379,7 +382,9 @@ class Trainer:
         self._call("on_evaluation", Evaluation(self.step, train_nll, val_nll, improved))
 
 
-def _pair(data: Tensor | tuple[Tensor, Tensor], device: torch.device):
+def _pair(
+    data: Tensor | tuple[Tensor, Tensor], device: torch.device
+) -> tuple[Tensor, Tensor | None]:
     """``(x, context)`` on ``device`` from a tensor or a pair; the context None for a tensor."""
     x, context = data if isinstance(data, tuple | list) else (data, None)
     if context is not None and len(context) != len(x):
@@ -403,7 +408,7 @@ def fit(
     ``recipe``. A non-finite loss raises ``FloatingPointError`` naming the step, with the flow's
     weights left at their last finite values.
 
-    Example:
+    Examples:
         >>> from realnvp import RealNVP
         >>> flow = RealNVP(2, num_layers=2, hidden_features=16)
         >>> history = fit(flow, torch.randn(256, 2), config=TrainConfig(steps=20, eval_every=10))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import Tensor
 
 from realnvp.config import VAL_FRACTION, TrainConfig
 from realnvp.errors import ConfigError
@@ -111,6 +112,7 @@ def _run_info(run: Path, state: dict[str, Any]) -> dict[str, Any]:
     fraction = data["val_fraction"]
     if not isinstance(fraction, int | float) or not 0 <= fraction < 1:
         raise CheckpointError(f"{run}: damaged training state (val_fraction {fraction!r})")
+    assert isinstance(info, dict)  # else data is None, refused above
     return {"data": data, "train": info.get("train", state["config"])}
 
 
@@ -173,11 +175,15 @@ def make_trainer(
     conditional flow, their contexts: the training rows as the model takes them, the validation
     rows prepared once (an image model dequantizes them with a fixed seed, ``VAL_NOISE_SEED``);
     no validation set when ``x_val`` is empty."""
+    x_val_t: Tensor | tuple[Tensor, Tensor] | None
+    x_train_t: Tensor | tuple[Tensor, Tensor]
     x_val_t = flow.prepare(x_val, VAL_NOISE_SEED) if len(x_val) else None
     x_train_t = flow.as_input(x_train)
     if context_train is not None:
         x_train_t = (x_train_t, flow.as_context(context_train))
         if x_val_t is not None:
+            if context_val is None:  # the TypeError as_context would raise, named
+                raise TypeError("validation rows with context_train need context_val")
             x_val_t = (x_val_t, flow.as_context(context_val))
     return Trainer(flow, x_train_t, x_val_t, config, callbacks)
 
@@ -203,7 +209,7 @@ def fit_data(
     ``x_train``. ``config`` defaults to the kind's ``recipe_for(x_train.shape)``; ``seed`` seeds
     torch before the model is built (None: torch's global generator as it stands).
 
-    Example:
+    Examples:
         >>> x = np.random.default_rng(0).normal(size=(200, 2))
         >>> flow, history = fit_data(x[:180], x[180:], {"num_layers": 2, "hidden_features": 8},
         ...                          TrainConfig(steps=20, eval_every=10), seed=0)
