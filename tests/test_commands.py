@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from realnvp.cli import main
+from realnvp.data.tabular import column_names
 from realnvp.training.checkpoint import load_model
 
 SMALL = [
@@ -178,3 +180,44 @@ def test_score_refuses_a_table_whose_header_names_other_columns(
     assert main(["score", str(run), str(swapped), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "b, a, c" in err and "a, b, c" in err and not out.exists()
+
+
+def _train_small(path: Path, out: Path) -> None:
+    assert main(["train", str(path), "--out", str(out), *SMALL]) == 0
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '"price, usd",b,c',  # a name holding the delimiter, quoted in the file
+        "\ufeffa,b,c",  # a byte-order mark, as Excel's 'CSV UTF-8' writes
+    ],
+)
+def test_a_runs_own_output_reads_back(header: str, table: Path, tmp_path: Path) -> None:
+    """Samples of a run trained on a file with a header are written with that header, and
+    score as rows of the same table: the names survive quoting, and a byte-order mark is not
+    part of the first name (so a file without one is the same table)."""
+    data = tmp_path / "data.csv"
+    data.write_text("\n".join([header, *table.read_text().splitlines()[1:]]) + "\n")
+    run, samples, plain = tmp_path / "run", tmp_path / "samples.csv", tmp_path / "plain.csv"
+    _train_small(data, run)
+    assert main(["sample", str(run), "-n", "5", "--seed", "0", "-o", str(samples)]) == 0
+    assert (
+        column_names(samples) == column_names(data) == next(csv.reader([header.lstrip("\ufeff")]))
+    )
+    assert main(["score", str(run), str(samples), "-o", str(tmp_path / "s.csv")]) == 0
+    plain.write_text(table.read_text().replace("a,b,c", header.lstrip("\ufeff"), 1))
+    assert main(["score", str(run), str(plain), "-o", str(tmp_path / "p.csv")]) == 0
+
+
+def test_numbers_as_column_names_do_not_become_a_header(table: Path, tmp_path: Path) -> None:
+    """A Parquet table whose columns are named 2019, 2020, 2021: a CSV header of those names
+    would read back as a row of data, so the output keeps x1, x2, x3, as before."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    x = np.loadtxt(table, delimiter=",", skiprows=1)
+    data, run, samples = tmp_path / "t.parquet", tmp_path / "run", tmp_path / "s.csv"
+    pq.write_table(pa.table({str(2019 + j): x[:, j] for j in range(3)}), data)
+    _train_small(data, run)
+    assert main(["sample", str(run), "-n", "5", "--seed", "0", "-o", str(samples)]) == 0
+    assert read_csv(samples)[0] == ["x1", "x2", "x3"]
+    assert main(["score", str(run), str(samples), "-o", str(tmp_path / "scores.csv")]) == 0

@@ -7,6 +7,7 @@ vectors or image sets and grids for images; the one place a kind is chosen is
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import math
@@ -80,7 +81,7 @@ def _check_output(path: str) -> None:
 
 def _write_csv(path: str, array: np.ndarray, header: list[str]) -> None:
     def write(stream) -> None:
-        stream.write(",".join(header) + "\n")
+        csv.writer(stream, lineterminator="\n").writerow(header)  # quotes "price, usd"
         np.savetxt(stream, array, delimiter=",", fmt="%.9g")
 
     def write_file(tmp: Path) -> None:

@@ -12,7 +12,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from realnvp.data.sources import load_data
-from realnvp.data.tabular import DataError, column_names, load_table, resolve_columns
+from realnvp.data.tabular import (
+    DataError,
+    column_names,
+    is_header,
+    load_table,
+    resolve_columns,
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,10 @@ class Layout:
         """The layout a run recorded; a run that records none reads all ``width`` columns
         (named as its training file's header named them, if it had one)."""
         columns, context = data.get("columns"), data.get("context_columns") or {}
-        info = columns or context or {"names": data.get("modelled")}
+        modelled = data.get("modelled")  # a header of numbers would read back as a row
+        info = (
+            columns or context or {"names": modelled if modelled and is_header(modelled) else None}
+        )
         names = tuple(info["names"]) if info.get("names") else None
         if columns:
             source = tuple(columns["positions"])

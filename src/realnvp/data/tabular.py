@@ -47,7 +47,7 @@ def _csv_rows(f: TextIO) -> Iterator[tuple[int, list[str]]]:
     return ((i, r) for i, r in enumerate(csv.reader(f, delimiter=delimiter), 1) if r)
 
 
-def _is_header(row: list[str]) -> bool:
+def is_header(row: list[str]) -> bool:
     """A CSV header: no cell of it is a number."""
     return all(_parse_float(c.strip()) is None for c in row)
 
@@ -72,11 +72,11 @@ def _read_csv(
     """The numbers of the columns ``usecols`` (None: all) and each row's line number. A column
     where most non-empty cells are not numbers holds text: all such columns are refused in one
     message; a stray non-number in a numeric column is named by row and column."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(_csv_rows(f))
     if not rows:
         raise DataError(f"{path}: the file has no rows")
-    header = [c.strip() for c in rows[0][1]] if _is_header(rows[0][1]) else None
+    header = [c.strip() for c in rows[0][1]] if is_header(rows[0][1]) else None
     if header is not None:
         rows = rows[1:]
         if not rows:
@@ -348,12 +348,12 @@ def table_header(path: str | Path) -> tuple[list[str] | None, int]:
         schema = _arrow_read(path, schema_only=True)
         columns = _data_columns(schema)
         return [schema.names[j] for j in columns], len(columns)
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         rows = _csv_rows(f)
         _, first = next(rows, (0, None))
         if first is None:
             raise DataError(f"{path}: the file has no rows")
-        if not _is_header(first):
+        if not is_header(first):
             return None, len(first)
         _, data = next(rows, (0, first))
     return [c.strip() for c in first], len(data)
