@@ -16,7 +16,7 @@ from realnvp.distributions import ConditionalNormal, StandardNormal
 from realnvp.models import Flow, MultiScaleRealNVP, RealNVP
 from realnvp.nn import MLP
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 
 __all__ = [
     "MLP",
