@@ -117,8 +117,9 @@ estimator by mean C2ST (with the paired difference to the runner-up); the last r
 (task, budget, estimator, seed) wins.
 
 Usage (zuko and nflows from ``pip install torch==2.13.0 -e ".[bench]"``; sbibm's files from the
-wheel, see ``sbibm_tasks.py``; run nothing else at the same time). The README's table, in one
-command on 2 cores (two one-thread processes):
+wheel, see ``sbibm_tasks.py``; run nothing else at the same time). The default and the three
+peers of the README's table (its other columns are ablations), in one command on 2 cores (two
+one-thread processes):
     SBIBM_DIR=/path/to/unzipped/sbibm-wheel python benchmarks/sbi_npe.py --jobs 2 \
         --ema 0.995 --weight-decay 3e-3 --estimators realnvp_default zuko_nsf zuko_maf nflows_maf
     python benchmarks/sbi_npe_summary.py benchmarks/results/sbi_npe.jsonl
@@ -129,7 +130,7 @@ command on 2 cores (two one-thread processes):
 
 Time. Each record holds its run's seconds, measured in one thread while one other such run
 shared the 2-core machine (``seconds``, and ``cpu_seconds`` per part). At 10,000 simulations,
-10 observations, recipe ema: the whole table (7 estimators' runs) took 8,629 s of one thread;
+10 observations, recipe ema: the whole table (15 runs of 6 estimators) took 8,629 s of one thread;
 realnvp_default and zuko_nsf alone 4,102 s (realnvp_default's two_moons run 1,175 s: 717 s of
 training, 421 s of exact C2ST). Scheduled as ``--jobs 2`` schedules them (longest task first,
 the next run to whichever process is free), those records add up to about 37 minutes of wall
@@ -137,7 +138,8 @@ clock for realnvp_default and zuko_nsf and 57 minutes for the four estimators of
 above: a projection from the records, not a timed ``--jobs`` run, and over the 30 minutes
 aimed at. Half the time is sbibm's C2ST (an MLP trained in scikit-learn until its loss stalls:
 about 45 s per observation on two_moons, where the early-stopped ``fast`` variant would
-reorder the estimators; see C2ST above); ``--observations 4`` scores the first four
+reorder the estimators; see C2ST above: 42-62 s per observation there, by estimator);
+``--observations 4`` scores the first four
 observations only, in about half the time.
 """
 

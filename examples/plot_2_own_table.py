@@ -57,9 +57,9 @@ def realnvp(*args: str, check: bool = True) -> None:
 # -----
 # The defaults are chosen from the table's size (here 126 training rows: narrow spline
 # couplings, small batches, a moving average of the weights, early stopping after 20
-# evaluations without a better validation NLL). `proline` holds
-# whole numbers, so the flow dequantizes it: it trains on it with uniform noise over its
-# rounding step, and reports a density of the values as they are written.
+# evaluations without a better validation NLL). Every column is rounded (three to 0.01,
+# `proline` to whole numbers), so the flow dequantizes them: it trains on them with uniform
+# noise over each column's rounding step, as its note on stderr says.
 realnvp("train", "wine.csv", "--out", "run", "--no-progress")
 print((work / "run" / "metrics.csv").read_text().splitlines()[-1])
 

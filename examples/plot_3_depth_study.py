@@ -47,8 +47,9 @@ print((out / "results.md").read_text())
 # %%
 # Figure 1: the mapping
 # ---------------------
-# The paper's Figure 1 for the deepest model: data with a grid, the grid carried into the
-# latent space by `f`, prior samples with a grid, and that grid carried back by `f^-1`.
+# The paper's Figure 1 for one model (here the 4-layer one; 8 layers in the full study): data
+# with a grid, the grid carried into the latent space by `f`, prior samples with a grid, and that
+# grid carried back by `f^-1`.
 show("fig1_mapping.png")
 
 # %%
