@@ -285,3 +285,22 @@ def test_a_bijection_without_a_context_argument_still_works_unconditionally() ->
     assert torch.allclose(flow.log_prob(x), StandardNormal(2).log_prob(x + 2.0))
     assert torch.equal(flow.decode(flow.encode(x)), x)
     assert flow.sample(4).shape == (4, 2)
+
+
+def test_context_statistics_need_both_mean_and_std() -> None:
+    """set_standardization with a context mean but no std: a TypeError naming the missing
+    argument, not torch's 'must be real number, not NoneType' from deep inside."""
+    flow = RealNVP(features=2, num_layers=2, context_features=1, standardize=True)
+    with pytest.raises(TypeError, match="context_mean needs context_std"):
+        flow.set_standardization(np.zeros(2), np.ones(2), context_mean=np.zeros(1))
+
+
+def test_a_conditional_trainer_needs_the_validation_contexts() -> None:
+    """make_trainer with context_train and validation rows but no context_val: a TypeError
+    that names context_val."""
+    from realnvp.training import make_trainer
+
+    flow = RealNVP(features=2, num_layers=2, context_features=1)
+    x, c = np.random.default_rng(0).normal(size=(20, 2)), np.zeros((20, 1))
+    with pytest.raises(TypeError, match="context_val"):
+        make_trainer(flow, x[:15], x[15:], context_train=c[:15])

@@ -49,8 +49,8 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def site() -> Path:
-    """The site, built from scratch: the gallery's earlier output is removed first, so every
-    example runs (mkdocs-gallery skips scripts whose output it has)."""
+    """The site, built from scratch (every build reruns every example; the gallery's earlier
+    output is removed first, so that no page of a removed example lingers)."""
     shutil.rmtree(ROOT / "docs" / "gallery", ignore_errors=True)
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict"],
