@@ -15,7 +15,14 @@ from __future__ import annotations
 import statistics
 import sys
 
-from sbi_npe import ESTIMATORS, NUM_OBSERVATIONS, PAPER_NPE, load, recipe
+from sbi_npe import (
+    ESTIMATORS,
+    LONGEST_FIRST,
+    NUM_OBSERVATIONS,
+    PAPER_NPE,
+    load,
+    recipe,
+)
 
 PAPER_10K = {
     "two_moons": [0.542, 0.571, 0.646, 0.674, 0.588, 0.576, 0.617, 0.599, 0.616, 0.634],
@@ -31,6 +38,7 @@ def main(path: str) -> None:
     for budget, how in settings:
         table(runs, budget, how)
         print()
+    projections(runs)
     recipes(runs)
     print("| task, simulations, recipe | " + " | ".join(f"{e} calib. err." for e in names) + " |")
     print("|---|" + "---|" * len(names))
@@ -123,6 +131,32 @@ def paired(a: dict, b: dict) -> str:
         f"{a['estimator']} - {b['estimator']} = {statistics.mean(diffs):+.3f} ± {se:.3f} "
         f"(paired over {len(diffs)} observations)"
     )
+
+
+def projected_jobs(runs: dict, budget: int, how: str, names: tuple[str, ...], jobs: int = 2):
+    """Minutes of wall clock that ``sbi_npe.py --jobs`` would take for ``names`` on every task,
+    from the records' seconds: its order (``LONGEST_FIRST``, then ``names``), each run to the
+    first free process. None where a run is missing."""
+    units = [(t, e) for t in LONGEST_FIRST for e in names]
+    if any((t, budget, e, how) not in runs for t, e in units):
+        return None
+    free = [0.0] * jobs
+    for t, e in units:
+        free[free.index(min(free))] += runs[t, budget, e, how]["seconds"]
+    return max(free) / 60
+
+
+def projections(runs: dict) -> None:
+    """The ``--jobs 2`` wall clock of the 10,000-simulation ema table, projected."""
+    how = "ema 0.995, wd 0.003"
+    for names in (PAIRED, (*PAIRED[:1], "zuko_nsf", "zuko_maf", "nflows_maf")):
+        minutes = projected_jobs(runs, 10_000, how, names)
+        if minutes is not None:
+            print(
+                f"- --jobs 2, 10,000 simulations, {how}, {' + '.join(names)}: "
+                f"{minutes:.1f} min projected from the records"
+            )
+    print()
 
 
 if __name__ == "__main__":
