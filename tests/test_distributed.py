@@ -96,6 +96,36 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path: Path) -> N
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
 
 
+@pytest.mark.slow
+def test_two_processes_train_on_a_npy_file_as_one(tmp_path: Path) -> None:
+    """From a .npy file read in place, each process gathers only its share of each batch; the
+    two shares together are the one process's batch."""
+    import numpy as np
+
+    from realnvp.data.toy import toy_data
+
+    np.save(tmp_path / "moons.npy", toy_data("moons", 2000, 0).astype(np.float32))
+    data = str(tmp_path / "moons.npy")
+
+    def train_npy(out: Path, processes: int) -> subprocess.CompletedProcess:
+        args = [data if a == "moons" else a for a in ARGS]
+        args = [a for i, a in enumerate(args) if a != "--rows" and args[i - 1] != "--rows"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        launch = [sys.executable, "-m", "realnvp", "train"]
+        if processes > 1:
+            launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+            launch += [f"--nproc_per_node={processes}", "-m", "realnvp", "train"]
+        command = [*launch, *args, "--out", str(out)]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+    one, two = one_and_two_processes(train_npy, tmp_path)
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [10, 20, 30, 40]
+    for a, b in zip(one, two, strict=True):
+        assert b["train_nll"] == pytest.approx(a["train_nll"], rel=1e-5, abs=1e-6)
+        assert b["val_nll"] == pytest.approx(a["val_nll"], rel=1e-5, abs=1e-6)
+    assert one[-1]["train_nll"] < one[0]["train_nll"] - 0.1
+
+
 def train_images(out: Path, processes: int) -> subprocess.CompletedProcess:
     args = ["digits", "--out", str(out), "--steps", "20", "--eval-every", "10", "--scales", "2"]
     args += ["--channels", "4", "--blocks", "1", "--batch-size", "32", "--device", "cpu"]

@@ -24,10 +24,17 @@ import torch
 from realnvp.audit import audit
 from realnvp.cli.contexts import Layout, parse_context, read_contexts
 from realnvp.cli.parser import MODEL_OPTIONS, OPTIONS, TRAIN_OPTIONS, flag, model_options
-from realnvp.config import VAL_FRACTION, TrainConfig
-from realnvp.data.checks import check_density_table
+from realnvp.cli.tables import (
+    Moments,
+    check_training_table,
+    convert,
+    stream_table,
+    training_table,
+)
+from realnvp.config import TrainConfig, default_val_fraction
 from realnvp.data.images import IMAGE_DATASETS, is_image_source, load_images
 from realnvp.data.sources import is_builtin, load_data
+from realnvp.data.store import is_streamable
 from realnvp.data.tabular import DataError, table_header
 from realnvp.files import atomic_write
 from realnvp.models import Flow, MultiScaleRealNVP, RealNVP, kind_of
@@ -223,12 +230,11 @@ def _training_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], 
             "columns with --context"
         )
     layout = _training_layout(args)
-    table, info = layout.read(args.data, args.n, args.data_seed, args.drop_nonfinite, min_rows=2)
-    x, context = layout.split(table)
+    table, info, rows = training_table(args, layout)
+    check_training_table(table, rows, args.data, layout)
     names = None if layout.names is None else layout.modelled_names()
-    check_density_table(x, args.data, names, layout.numbers())
     info = {**info, **layout.to_info(), **({"modelled": names} if names else {})}
-    return x, context, info, {"type": RealNVP.kind}
+    return table, None, info, {"type": RealNVP.kind}
 
 
 def _training_layout(args: argparse.Namespace) -> Layout:
@@ -345,9 +351,10 @@ def _train(args: argparse.Namespace) -> int:
     else:
         model = {**model, **_given(args, model_options(kind))}
         val_fraction = args.val_fraction
-        fraction = VAL_FRACTION if val_fraction is None else val_fraction
+        shape = x.shape if isinstance(x, np.ndarray) else (len(x.rows), len(x.modelled))
+        fraction = default_val_fraction(shape[0]) if val_fraction is None else val_fraction
         config = replace(
-            kind.recipe_for(train_shape(x.shape, fraction)), **_given(args, TRAIN_OPTIONS)
+            kind.recipe_for(train_shape(shape, fraction)), **_given(args, TRAIN_OPTIONS)
         )
     try:
         flow, history = train_run(
@@ -407,13 +414,20 @@ def _rounding_note(rounding: list[float], log_cell: float, names: list[str] | No
 # -- using a trained model -----------------------------------------------------------------
 def _eval(args: argparse.Namespace) -> int:
     flow, config = load_model(args.run_dir)
-    x, context = _examples(args, args.data, flow, args.data_seed, 2, _layout(config, flow))
-    c = None if context is None else flow.as_context(context)
-    nll = evaluate_nll(flow, x, context=c).double().cpu().numpy()
+    layout = _layout(config, flow)
+    if layout is not None and is_streamable(args.data):
+        nll = _streamed_nll(args, flow, layout)
+    else:
+        x, context = _examples(args, args.data, flow, args.data_seed, 2, layout)
+        c = None if context is None else flow.as_context(context)
+        nll = Moments()
+        nll.add(evaluate_nll(flow, x, context=c).double().cpu().numpy())
+    if nll.n < 2:
+        raise DataError(f"{args.data}: has {nll.n} usable row, at least 2 needed")
     result: dict[str, Any] = {
-        "nll": float(nll.mean()),
-        "nll_se": float(nll.std(ddof=1) / math.sqrt(len(nll))),
-        "n": len(nll),
+        "nll": nll.mean,
+        "nll_se": nll.se,
+        "n": nll.n,
         "units": flow.nll_units,
     }
     metric = flow.metric
@@ -439,6 +453,32 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _streamed_nll(args: argparse.Namespace, flow: Flow, layout: Layout) -> Moments:
+    """The NLLs of a table read in place, chunk by chunk (each dequantized, for a model with
+    rounded columns, with noise drawn from the seed and the chunk's number: the first chunk's
+    is the noise the table gets when read whole)."""
+    nll = Moments()
+    for i, x, context in stream_table(args.data, layout, args.drop_nonfinite, _in_range(flow)):
+        _check_examples(args.data, flow, x, context)
+        c = None if context is None else flow.as_context(context)
+        seed = args.data_seed + 1_000_003 * i
+        nll.add(evaluate_nll(flow, flow.prepare(x, seed), context=c).double().cpu().numpy())
+    return nll
+
+
+def _in_range(flow: Flow):
+    """Which values of a table's modelled columns the model can take (``Flow.in_range``)."""
+    return lambda x: flow.in_range(torch.as_tensor(x)).cpu().numpy()
+
+
+def _check_examples(spec: str, flow: Flow, x: np.ndarray, context: np.ndarray | None) -> None:
+    problem = flow.mismatch(x)
+    if problem is None and context is not None:
+        problem = flow.context_mismatch(context)
+    if problem is not None:
+        raise DataError(f"{spec}: {problem}")
+
+
 def _layout(config: dict[str, Any], flow: Flow) -> Layout | None:
     """Which columns of a table a table run reads, and which it conditions on (None: an image
     model)."""
@@ -457,10 +497,28 @@ def _transform(args: argparse.Namespace) -> int:
         )
     layout = _layout(config, flow)
     assert layout is not None  # a table model has one
+    if is_streamable(args.data):
+        _streamed_transform(args, flow, layout)
+        return 0
     if args.command == "decode":
         x, context = _latents(args, args.data, flow, layout)
     else:  # each row's density and code at the row itself, not at a dequantized draw of it
         x, context = _examples(args, args.data, flow, args.data_seed, layout=layout, as_given=True)
+    values = _applied(args, flow, x, context)
+    _write_csv(args.output, *_transformed(args.command, layout, values, context))
+    return 0
+
+
+def _applied(
+    args: argparse.Namespace,
+    flow: Flow,
+    x: torch.Tensor,
+    context: np.ndarray | None,
+    first_row: int = 1,
+    written: str = "nothing was written",
+) -> np.ndarray:
+    """What score, encode or decode computes of the rows ``x`` (the first of them row
+    ``first_row`` of the input); a non-finite result is refused, naming its row."""
     with torch.inference_mode():
         if args.command == "score":
             out = flow.log_prob(x, context)[:, None]
@@ -473,12 +531,47 @@ def _transform(args: argparse.Namespace) -> int:
     if bad.any():
         what = "log_prob" if args.command == "score" else "value"
         raise UsageError(
-            f"{args.data}: row {int(np.argmax(bad)) + 1} ({int(bad.sum())} rows in all) gives a "
-            f"non-finite {what}: the row is too far outside what the model was trained on; "
-            "nothing was written"
+            f"{args.data}: row {first_row + int(np.argmax(bad))} ({int(bad.sum())} rows in "
+            f"all) gives a non-finite {what}: the row is too far outside what the model was "
+            f"trained on; {written}"
         )
-    _write_csv(args.output, *_transformed(args.command, layout, values, context))
-    return 0
+    return values
+
+
+def _streamed_transform(args: argparse.Namespace, flow: Flow, layout: Layout) -> None:
+    """score, encode or decode of a table read in place, written chunk by chunk (to a
+    temporary file renamed at the end, so a failure leaves nothing)."""
+    decode = args.command == "decode"
+    limit = float(torch.finfo(flow.dtype).max)
+    in_range = (lambda x: np.abs(x) <= limit) if decode else _in_range(flow)
+
+    def write(stream) -> None:
+        done = 0
+        for _, x, context in stream_table(args.data, layout, args.drop_nonfinite, in_range):
+            if not decode:
+                _check_examples(args.data, flow, x, context)
+            t = torch.as_tensor(x, dtype=flow.dtype if decode else None, device=flow.device)
+            written = (
+                "the rows before it were written" if args.output == "-" else ("nothing was written")
+            )
+            values = _applied(
+                args, flow, flow.as_input(t) if not decode else t, context, done + 1, written
+            )
+            out, header = _transformed(args.command, layout, values, context)
+            if not done:
+                csv.writer(stream, lineterminator="\n").writerow(header)
+            np.savetxt(stream, out, delimiter=",", fmt="%.9g")
+            done += len(out)
+
+    if args.output == "-":
+        write(sys.stdout)
+        return
+
+    def write_file(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            write(f)
+
+    atomic_write(Path(args.output), write_file)
 
 
 def _transformed(
@@ -662,4 +755,5 @@ COMMANDS = {
     "plot": _plot,
     "audit": _audit,
     "study": _study,
+    "convert": convert,
 }

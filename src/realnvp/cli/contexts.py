@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from realnvp.data.sources import load_data
+from realnvp.data.store import Rows, open_rows
 from realnvp.data.tabular import (
     DataError,
     column_names,
@@ -161,6 +162,15 @@ class Layout:
         ``representable``: see ``load_table``."""
         usecols, width = self._columns_in(spec)
         return load_data(spec, n, seed, drop_nonfinite, min_rows, width, representable, usecols)
+
+    def rows(self, spec: str) -> Rows:
+        """The table ``spec`` in this layout, where it lies (a .npy, Parquet or Feather file,
+        see ``realnvp.data.store``)."""
+        usecols, width = self._columns_in(spec)
+        rows = open_rows(spec, usecols)
+        if width is not None and rows.file_width != width:
+            raise DataError(f"{spec}: has {rows.file_width} columns, the model expects {width}")
+        return rows
 
     def _columns_in(self, spec: str) -> tuple[list[int] | None, int | None]:
         """Which columns of ``spec`` form the table (None: all), and how many ``spec`` must

@@ -11,7 +11,7 @@ from typing import Any
 
 from realnvp import __version__
 from realnvp.audit import MAX_POINTS
-from realnvp.config import VAL_FRACTION
+from realnvp.config import VAL_FRACTION, VAL_ROWS
 from realnvp.data.sources import ROWS
 from realnvp.data.toy import TOY_DATASETS
 from realnvp.errors import ConfigError
@@ -423,7 +423,8 @@ def _train_command(commands) -> None:
     p.add_argument(
         "--val-fraction",
         type=_fraction,
-        help=f"share of the rows held out for validation (default {VAL_FRACTION})",
+        help=f"share of the rows held out for validation (default {VAL_FRACTION}, at most "
+        f"{VAL_ROWS:,} rows)",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument(
@@ -575,6 +576,31 @@ def _study_command(commands) -> None:
     study.add_argument("--threads", type=_positive_int, help="torch threads")
 
 
+def _convert_command(commands) -> None:
+    p = _command(
+        commands,
+        "convert",
+        "a table (CSV, Parquet, Feather, .npy) to a .npy file, in bounded memory: train, eval, "
+        "score, encode and decode then read it in place, however large",
+        "realnvp convert big.csv big.npy --dtype float32",
+    )
+    p.add_argument("data", metavar="DATA", help="the table: a CSV, Parquet, Feather or .npy file")
+    p.add_argument("output", metavar="OUT", help="the .npy file to write")
+    p.add_argument(
+        "--columns", help="the columns to keep, by name or number (from 1), comma-separated"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float64",
+        help="the values' type in OUT (default float64: every value as read; float32 halves "
+        "the file)",
+    )
+    p.add_argument(
+        "--drop-nonfinite", action="store_true", help="leave out rows holding NaN or inf"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``realnvp`` and its commands."""
     parser = _Parser(
@@ -592,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
         _plot_command,
         _audit_command,
         _study_command,
+        _convert_command,
     ):
         add(commands)
     return parser

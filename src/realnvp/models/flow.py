@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from realnvp.bijections import Bijection
 from realnvp.bijections.base import forward, inverse
 from realnvp.config import TrainConfig
+from realnvp.data.store import TableSummary
 from realnvp.distributions import StandardNormal
 from realnvp.errors import ConfigError
 
@@ -122,10 +123,13 @@ class Flow(nn.Module):
         return cls.recipe
 
     @classmethod
-    def for_data(cls, x_train: NDArray, context: NDArray | None = None, **options: Any) -> Flow:
+    def for_data(
+        cls, x_train: NDArray | TableSummary, context: NDArray | None = None, **options: Any
+    ) -> Flow:
         """A new model for training data ``x_train`` (N, ...) and, for a conditional model, their
         ``context`` (N, ...), its sizes and any statistics taken from the data; ``options`` are
-        the constructor's other arguments."""
+        the constructor's other arguments. A table kind may also take a ``TableSummary`` of
+        rows that are not in memory."""
         raise NotImplementedError(f"{cls.__name__} cannot be built from data")
 
     @classmethod

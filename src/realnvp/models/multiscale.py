@@ -44,6 +44,7 @@ from realnvp.bijections import (
 )
 from realnvp.bijections.coupling import MAX_SCALE, Conditioner
 from realnvp.config import TrainConfig
+from realnvp.data.store import TableSummary
 from realnvp.distributions import ConditionalNormal, StandardNormal
 from realnvp.errors import ConfigError
 from realnvp.models.flow import Flow, Metric
@@ -330,7 +331,7 @@ class MultiScaleRealNVP(Flow):
 
     @classmethod
     def for_data(
-        cls, x_train: NDArray, context: NDArray | None = None, **options: Any
+        cls, x_train: NDArray | TableSummary, context: NDArray | None = None, **options: Any
     ) -> MultiScaleRealNVP:
         """A model for images ``x_train`` (N, C, H, W) of integer grey levels: the shape from
         the data, ``levels`` (required) and the rest from ``options``. With ``context``, the

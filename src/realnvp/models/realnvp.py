@@ -28,6 +28,7 @@ from realnvp.bijections.coupling import MAX_SCALE, SCALE_INIT, Conditioner
 from realnvp.bijections.masks import validate_mask
 from realnvp.config import TrainConfig
 from realnvp.data.rounding import rounding_steps
+from realnvp.data.store import TableSummary
 from realnvp.distributions import StandardNormal
 from realnvp.errors import ConfigError
 from realnvp.models.flow import Flow
@@ -173,7 +174,9 @@ class RealNVP(Flow):
         self.config |= _optional_config(c, context_net, extra, self.rounding)
 
     @classmethod
-    def for_data(cls, x_train: NDArray, context: NDArray | None = None, **options: Any) -> RealNVP:
+    def for_data(
+        cls, x_train: NDArray | TableSummary, context: NDArray | None = None, **options: Any
+    ) -> RealNVP:
         """A RealNVP for the rows of ``x_train`` (N, D) that standardizes them with their mean
         and std (a constant column gets std 1), so it trains on standardized values and reports
         densities in the data's own units. With ``context`` (N, C), the rows' contexts, the flow
@@ -187,19 +190,21 @@ class RealNVP(Flow):
         (``defaults_for``), conditional or not. ``dequantize="auto"`` (the default
         here) finds the columns that are rounded (``realnvp.data.rounding``: integers, prices,
         one-decimal measurements) and dequantizes them; pass None (or "none") to take every
-        column as continuous, or the steps."""
-        x_train = np.asarray(x_train, dtype=np.float64)
-        sized = cls.defaults_for(x_train.shape, conditional=context is not None)
+        column as continuous, or the steps.
+
+        ``x_train`` may instead be a ``TableSummary`` of training rows that are not in memory
+        (``realnvp.training.rows``): their number, a sample and their statistics."""
+        summary = x_train if isinstance(x_train, TableSummary) else _summary(x_train, context)
+        context = summary.context_sample
+        sized = cls.defaults_for(summary.shape, conditional=context is not None)
         options = {"dequantize": "auto", **sized, **options}
         if isinstance(options["dequantize"], str):
-            options["dequantize"] = _auto_rounding(options["dequantize"], x_train)
-        sizes = {"features": x_train.shape[1], "standardize": True}
+            options["dequantize"] = _auto_rounding(options["dequantize"], summary.sample)
+        sizes = {"features": summary.shape[1], "standardize": True}
         if context is not None:
-            context = np.asarray(context, dtype=np.float64)
             sizes["context_features"] = context.shape[1]
         flow = cls(**{**options, **sizes})
-        stats = [_moments(x_train)] + ([] if context is None else [_moments(context)])
-        flow.set_standardization(*[t for pair in stats for t in pair])
+        flow.set_standardization(*[torch.as_tensor(m) for m in summary.moments])
         return flow
 
     @classmethod
@@ -454,11 +459,20 @@ def _rounding(dequantize: list[float] | None, features: int) -> list[float] | No
     return steps if any(steps) else None
 
 
-def _moments(x: NDArray) -> tuple[Tensor, Tensor]:
+def _moments(x: NDArray) -> list[NDArray]:
     """Each column's mean and std, in float64 (a constant column gets std 1)."""
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by Standardize
         std = x.std(0)
-    return torch.as_tensor(x.mean(0)), torch.as_tensor(np.where(std > 0, std, 1.0))
+    return [x.mean(0), np.where(std > 0, std, 1.0)]
+
+
+def _summary(x: NDArray, context: NDArray | None) -> TableSummary:
+    """The summary of training rows ``x`` in memory (and their contexts): all of them."""
+    x = np.asarray(x, dtype=np.float64)
+    if context is None:
+        return TableSummary(len(x), x, _moments(x))
+    context = np.asarray(context, dtype=np.float64)
+    return TableSummary(len(x), x, _moments(x) + _moments(context), context)
 
 
 def _embedding_features(context_features: int, context_net: nn.Module | None) -> int:

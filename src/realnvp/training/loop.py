@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -108,6 +108,60 @@ def batch_indices(n: int, batch_size: int, seed: int, start_step: int = 0) -> It
         step = (epoch + 1) * per_epoch
 
 
+@runtime_checkable
+class Examples(Protocol):
+    """Training examples as the trainer takes them: how many, the order of the positions of
+    each step's batch, and the batch's tensors. ``TensorExamples`` holds them in memory;
+    ``realnvp.training.rows.StoredExamples`` reads them from a table where it lies."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[Tensor]: ...
+
+    def gather(self, index: Tensor) -> tuple[Tensor, Tensor | None]: ...
+
+
+@runtime_checkable
+class Validation(Protocol):
+    """Validation data: what its mean NLL is under a flow (all of it, under torchrun too)."""
+
+    def mean_nll(self, flow: Flow) -> float: ...
+
+
+class TensorExamples:
+    """Examples in memory: a tensor (N, ...), or a pair with their contexts (N, ...)."""
+
+    def __init__(self, data: Tensor | tuple[Tensor, Tensor], device: torch.device):
+        self.x, self.context = _pair(data, device)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[Tensor]:
+        return batch_indices(len(self.x), batch_size, seed, start_step)
+
+    def gather(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
+        index = index.to(self.x.device)
+        return self.x[index], None if self.context is None else self.context[index]
+
+
+class TensorValidation:
+    """Validation examples in memory, prepared (``flow.prepare``), and their contexts."""
+
+    def __init__(self, data: Tensor | tuple[Tensor, Tensor | None], device: torch.device):
+        self.x, self.context = _pair(data, device)
+
+    def mean_nll(self, flow: Flow) -> float:
+        return mean_nll(flow, self.x, self.context)
+
+
 @dataclass
 class Evaluation:
     """One evaluation: the mean training NLL since the last one, the validation NLL (None
@@ -152,7 +206,9 @@ class Trainer:
         x_train: the training data, a tensor (N, ...) as ``flow.as_input`` gives it. A
             conditional flow trains on pairs ``(x, context)`` of tensors with the same N, the
             contexts as ``flow.as_context`` gives them.
-        x_val: the validation data, the same way, or None.
+        x_val: the validation data, the same way, or None. Either may also be read from a
+            table where it lies, batch by batch (``Examples``, ``Validation``: see
+            ``realnvp.training.rows``).
         config: the recipe; default ``flow.recipe_for(x_train.shape)``, the model kind's own for
             data of that size.
         callbacks: the outputs (``realnvp.training.callbacks``): called on rank 0 only.
@@ -161,17 +217,21 @@ class Trainer:
     def __init__(
         self,
         flow: Flow,
-        x_train: Tensor | tuple[Tensor, Tensor],
-        x_val: Tensor | tuple[Tensor, Tensor] | None = None,
+        x_train: Tensor | tuple[Tensor, Tensor] | Examples,
+        x_val: Tensor | tuple[Tensor, Tensor | None] | Validation | None = None,
         config: TrainConfig | None = None,
         callbacks: Sequence[Callback] = (),
     ):
         self.flow = flow
-        self.x_train, self.context_train = _pair(x_train, flow.device)
-        self.config = config or flow.recipe_for(tuple(self.x_train.shape))
-        self.x_val: Tensor | None
-        self.context_val: Tensor | None
-        self.x_val, self.context_val = (None, None) if x_val is None else _pair(x_val, flow.device)
+        self.examples = (
+            x_train if isinstance(x_train, Examples) else TensorExamples(x_train, flow.device)
+        )
+        self.config = config or flow.recipe_for(tuple(self.examples.shape))
+        self.validation = (
+            x_val
+            if x_val is None or isinstance(x_val, Validation)
+            else TensorValidation(x_val, flow.device)
+        )
         self.optimizer = make_optimizer(flow.parameters(), self.config.lr, self.config.weight_decay)
         if self.config.compile:
             flow.compile()
@@ -259,15 +319,14 @@ class Trainer:
 
     def _fit(self) -> History:
         config, flow = self.config, self.flow
-        batches = batch_indices(len(self.x_train), config.batch_size, config.seed, self.step)
+        batches = self.examples.batches(config.batch_size, config.seed, self.step)
         window, window_steps = 0.0, 0
         self._call("on_start")
         flow.train()
         start = time.perf_counter() - self.history.seconds
         while self.step < config.steps and not self.history.stopped_early:
-            index = next(batches)[self.rank :: self.world].to(flow.device)  # this rank's share
-            context = None if self.context_train is None else self.context_train[index]
-            window += self._step(self.x_train[index], context)
+            x, context = self.examples.gather(next(batches)[self.rank :: self.world])  # this rank's
+            window += self._step(x, context)
             window_steps += 1
             self._call("on_step")
             if self.step % config.eval_every == 0 or self.step == config.steps:
@@ -363,9 +422,9 @@ class Trainer:
     def _evaluate(self, train_nll: float) -> None:
         h, config = self.history, self.config
         val_nll, improved = None, False
-        if self.x_val is not None:
+        if self.validation is not None:
             with self.evaluated_weights():
-                val_nll = mean_nll(self.flow, self.x_val, self.context_val)
+                val_nll = self.validation.mean_nll(self.flow)
                 improved = val_nll < h.best_val_nll  # False for NaN: a NaN is never the best
                 if improved:
                     self.best_state = copy.deepcopy(self.flow.state_dict())
@@ -383,7 +442,7 @@ class Trainer:
 
 
 def _pair(
-    data: Tensor | tuple[Tensor, Tensor], device: torch.device
+    data: Tensor | tuple[Tensor, Tensor] | tuple[Tensor, Tensor | None], device: torch.device
 ) -> tuple[Tensor, Tensor | None]:
     """``(x, context)`` on ``device`` from a tensor or a pair; the context None for a tensor."""
     x, context = data if isinstance(data, tuple | list) else (data, None)

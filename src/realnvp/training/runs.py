@@ -16,7 +16,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from realnvp.config import VAL_FRACTION, TrainConfig
+from realnvp.config import TrainConfig, default_val_fraction
+from realnvp.data.store import TableSummary
 from realnvp.errors import ConfigError
 from realnvp.files import atomic_write
 from realnvp.models import Flow, kind_of
@@ -31,6 +32,7 @@ from realnvp.training.checkpoint import (
     read_model_config,
 )
 from realnvp.training.loop import History, Trainer
+from realnvp.training.rows import RowSplit, Table, moments, sample, stored_data
 
 #: the seed of the one dequantization of validation images
 VAL_NOISE_SEED = 20170101
@@ -149,7 +151,7 @@ class ResumeConflict(ConfigError):
 
 def new_flow(
     model: dict[str, Any] | None,
-    x_train: NDArray,
+    x_train: NDArray | TableSummary,
     device: str = "auto",
     context: NDArray | None = None,
 ) -> Flow:
@@ -226,7 +228,7 @@ def fit_data(
 
 def train_run(
     run: Path,
-    x: NDArray,
+    x: NDArray | Table,
     model: dict[str, Any] | None = None,
     config: TrainConfig | None = None,
     val_fraction: float | None = None,
@@ -237,20 +239,16 @@ def train_run(
     callbacks: Sequence[Callback] = (),
     context: NDArray | None = None,
 ) -> tuple[Flow, History]:
-    """Fit a flow to the rows of ``x`` (given their ``context``, for a conditional flow) and
-    keep everything in the folder ``run``.
+    """Fit a flow to the rows of ``x`` (given their ``context``) and keep all in the folder ``run``.
 
     ``model`` describes the model as for ``fit_data``: ``RealNVP``'s arguments for a table ``x``
-    (N, D), which it standardizes with the training rows' mean and std (in float64) so that
-    densities are in the data's own units; ``{"type": "multiscale", "levels": K, ...}`` for
-    images ``x`` (N, C, H, W) of integer grey levels, which it dequantizes with fresh noise drawn
-    from ``(seed, step)`` at each step and, for validation, once with a fixed seed.
+    (N, D), standardized with the training rows' mean and std (float64); ``{"type":
+    "multiscale", "levels": K, ...}`` for images (N, C, H, W) of integer grey levels.
 
     ``config`` defaults to the model kind's ``recipe_for`` the training rows' shape; torch is
-    seeded with ``config.seed``
-    before the model is built. ``val_fraction`` of the rows (``VAL_FRACTION`` if None) are held
-    out for validation, drawn with ``config.seed``. The run writes checkpoints,
-    ``metrics.csv``, TensorBoard scalars and ``history.json`` (see
+    seeded with ``config.seed`` before the model is built. ``val_fraction`` of the rows (if
+    None, ``default_val_fraction``: 10%, at most 100,000) are held out, drawn with the seed. The
+    run writes checkpoints, ``metrics.csv``, TensorBoard scalars and ``history.json`` (see
     ``realnvp.training.callbacks.run_outputs``); ``callbacks`` are called after those.
 
     With ``resume``, training continues from ``run/last.safetensors`` with exactly the settings
@@ -258,10 +256,15 @@ def train_run(
     Leave ``model``, ``config`` and ``val_fraction`` out (None) to keep the saved ones; any that
     are given must equal them, ``config.compile`` excepted (so pass the saved config,
     ``TrainConfig(**saved_settings(run)["train"])``, to change only ``compile``), else
-    ``ResumeConflict`` names the first setting that differs.
+    ``ResumeConflict`` names the first setting that differs. ``x`` may be a
+    ``realnvp.training.rows.Table``, a table where it lies (a .npy file read in place).
     """
     run = Path(run)
     dev = resolve_device(device)
+    if isinstance(x, Table):  # its contexts are columns of it
+        return _train_table(
+            run, x, model, config, val_fraction, resume, dev, progress, data_info, callbacks
+        )
     if resume:
         return _resume(run, x, context, model, config, val_fraction, dev, progress, callbacks)
     if (run / MODEL_CONFIG).exists() or (run / TRAINING_STATE).exists():
@@ -269,7 +272,7 @@ def train_run(
             f"{run}: already holds a run; resume it, or train into another folder"
         )
     kind = kind_of(model)
-    val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
+    val_fraction = default_val_fraction(len(x)) if val_fraction is None else val_fraction
     config = config or kind.recipe_for(train_shape(x.shape, val_fraction))
     x_train, x_val = split(x, val_fraction, config.seed)
     c_train, c_val = (None, None) if context is None else split(context, val_fraction, config.seed)
@@ -296,9 +299,6 @@ def _resume(
     }
     check_resume(run, _settings(run, flow, state), given)
     info = _run_info(run, state)
-    history = state["history"] if isinstance(state["history"], dict) else {}
-    if best is None and history.get("best_step") and (run / MODEL_WEIGHTS).exists():
-        best = load_model(run)[0].state_dict()  # saved before the state held its best weights
     if info["data"]["fingerprint"] != fingerprint(x, context):
         raise CheckpointError(
             f"{run}: was trained on other data than given now; resume with the same data"
@@ -312,6 +312,16 @@ def _resume(
     c_train, c_val = (None, None) if context is None else split(context, fraction, config.seed)
     outputs = run_outputs(run, info, progress) + list(callbacks)
     trainer = make_trainer(flow.to(device), x_train, x_val, config, outputs, c_train, c_val)
+    _restore(run, trainer, state, optimizer_state, best, average, device)
+    return _fit(run, trainer)
+
+
+def _restore(run, trainer, state, optimizer_state, best, average, device) -> None:
+    """Put a saved training state into ``trainer`` (the best weights of a run saved before
+    the state held them read from its model file)."""
+    history = state["history"] if isinstance(state["history"], dict) else {}
+    if best is None and history.get("best_step") and (run / MODEL_WEIGHTS).exists():
+        best = load_model(run)[0].state_dict()  # saved before the state held its best weights
     try:
         trainer.load_state(
             state,
@@ -321,7 +331,6 @@ def _resume(
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{run}: damaged training state ({error})") from None
-    return _fit(run, trainer)
 
 
 def _fit(run: Path, trainer: Trainer) -> tuple[Flow, History]:
@@ -330,3 +339,66 @@ def _fit(run: Path, trainer: Trainer) -> tuple[Flow, History]:
         text = json.dumps(history.to_dict(), indent=1) + "\n"
         atomic_write(run / "history.json", lambda tmp: tmp.write_text(text))
     return trainer.flow.eval(), history
+
+
+def _train_table(
+    run, table, model, config, val_fraction, resume, device, progress, data_info, callbacks
+) -> tuple[Flow, History]:
+    """``train_run`` on a ``Table``: new or resumed, the rows read where they lie."""
+    if resume:
+        flow, optimizer_state, state, best, average = _load_state(run)
+        given = {
+            "model": model or {},
+            "train": {} if config is None else config.to_dict(),
+            "data": {"val_fraction": val_fraction} if val_fraction is not None else {},
+        }
+        check_resume(run, _settings(run, flow, state), given)
+        info = _run_info(run, state)
+        if info["data"]["fingerprint"] != table.fingerprint():
+            raise CheckpointError(
+                f"{run}: was trained on other data than given now; resume with the same data"
+            )
+        train = {**state["config"]}
+        if config is not None:
+            train.update({k: getattr(config, k) for k in RESUME_MAY_CHANGE})
+        config = saved_config(run, train)
+        split = RowSplit(
+            table.rows.n, _held_out(table.rows.n, info["data"]["val_fraction"]), config.seed
+        )
+        flow = flow.to(device)
+        trainer = _table_trainer(run, table, split, flow, config, info, progress, callbacks)
+        _restore(run, trainer, state, optimizer_state, best, average, device)
+        return _fit(run, trainer)
+    if (run / MODEL_CONFIG).exists() or (run / TRAINING_STATE).exists():
+        raise FileExistsError(
+            f"{run}: already holds a run; resume it, or train into another folder"
+        )
+    n = table.rows.n
+    val_fraction = default_val_fraction(n) if val_fraction is None else val_fraction
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"must be in [0, 1), got {val_fraction}", "val_fraction")
+    kind = kind_of(model)
+    shape = (n - _held_out(n, val_fraction), len(table.modelled))
+    config = config or kind.recipe_for(shape)
+    split = RowSplit(n, _held_out(n, val_fraction), config.seed)
+    data = {"rows": n, "shape": [shape[1]], "fingerprint": table.fingerprint()}
+    info = {
+        "data": {**(data_info or {}), **data, "val_fraction": val_fraction},
+        "train": config.to_dict(),
+    }
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    flow = new_flow(model, summarize(table, split), device)
+    return _fit(run, _table_trainer(run, table, split, flow, config, info, progress, callbacks))
+
+
+def summarize(table: Table, split: RowSplit) -> TableSummary:
+    """What a model for ``table``'s training rows is built from (see ``RealNVP.for_data``)."""
+    x, context = table.split(sample(table, split))
+    return TableSummary(split.n_train, x, moments(table, split), context)
+
+
+def _table_trainer(run, table, split, flow, config, info, progress, callbacks) -> Trainer:
+    examples, validation = stored_data(table, split, flow, VAL_NOISE_SEED)
+    outputs = run_outputs(run, info, progress) + list(callbacks)
+    return Trainer(flow, examples, validation, config, outputs)
