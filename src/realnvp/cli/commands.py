@@ -458,7 +458,7 @@ def _streamed_nll(args: argparse.Namespace, flow: Flow, layout: Layout) -> Momen
     rounded columns, with noise drawn from the seed and the chunk's number: the first chunk's
     is the noise the table gets when read whole)."""
     nll = Moments()
-    for i, x, context in stream_table(args.data, layout, args.drop_nonfinite, _in_range(flow)):
+    for i, _, x, context in stream_table(args.data, layout, args.drop_nonfinite, _in_range(flow)):
         _check_examples(args.data, flow, x, context)
         c = None if context is None else flow.as_context(context)
         seed = args.data_seed + 1_000_003 * i
@@ -514,11 +514,11 @@ def _applied(
     flow: Flow,
     x: torch.Tensor,
     context: np.ndarray | None,
-    first_row: int = 1,
+    lines: np.ndarray | None = None,
     written: str = "nothing was written",
 ) -> np.ndarray:
-    """What score, encode or decode computes of the rows ``x`` (the first of them row
-    ``first_row`` of the input); a non-finite result is refused, naming its row."""
+    """What score, encode or decode computes of the rows ``x`` (rows ``lines`` of the input;
+    None: 1, 2, ...); a non-finite result is refused, naming its row."""
     with torch.inference_mode():
         if args.command == "score":
             out = flow.log_prob(x, context)[:, None]
@@ -531,11 +531,15 @@ def _applied(
     if bad.any():
         what = "log_prob" if args.command == "score" else "value"
         raise UsageError(
-            f"{args.data}: row {first_row + int(np.argmax(bad))} ({int(bad.sum())} rows in "
+            f"{args.data}: row {_row(lines, int(np.argmax(bad)))} ({int(bad.sum())} rows in "
             f"all) gives a non-finite {what}: the row is too far outside what the model was "
             f"trained on; {written}"
         )
     return values
+
+
+def _row(lines: np.ndarray | None, k: int) -> int:
+    return k + 1 if lines is None else int(lines[k])
 
 
 def _streamed_transform(args: argparse.Namespace, flow: Flow, layout: Layout) -> None:
@@ -546,22 +550,25 @@ def _streamed_transform(args: argparse.Namespace, flow: Flow, layout: Layout) ->
     in_range = (lambda x: np.abs(x) <= limit) if decode else _in_range(flow)
 
     def write(stream) -> None:
-        done = 0
-        for _, x, context in stream_table(args.data, layout, args.drop_nonfinite, in_range):
+        done, header = 0, False
+        for _, lines, x, context in stream_table(args.data, layout, args.drop_nonfinite, in_range):
             if not decode:
                 _check_examples(args.data, flow, x, context)
             t = torch.as_tensor(x, dtype=flow.dtype if decode else None, device=flow.device)
-            written = (
-                "the rows before it were written" if args.output == "-" else ("nothing was written")
-            )
+            written = "nothing was written"
+            if args.output == "-" and done:
+                written = f"the {done:,} rows before its chunk were written"
             values = _applied(
-                args, flow, flow.as_input(t) if not decode else t, context, done + 1, written
+                args, flow, t if decode else flow.as_input(t), context, lines, written
             )
-            out, header = _transformed(args.command, layout, values, context)
-            if not done:
-                csv.writer(stream, lineterminator="\n").writerow(header)
+            out, names = _transformed(args.command, layout, values, context)
+            if not header:
+                csv.writer(stream, lineterminator="\n").writerow(names)
+                header = True
             np.savetxt(stream, out, delimiter=",", fmt="%.9g")
             done += len(out)
+        if not done:
+            raise DataError(f"{args.data}: has no usable rows")
 
     if args.output == "-":
         write(sys.stdout)

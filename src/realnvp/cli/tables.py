@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from realnvp.data.tabular import (
     resolve_columns,
     table_header,
 )
+from realnvp.files import atomic_write
 from realnvp.training.rows import SAMPLE, Table
 
 #: values (rows times columns) up to which a Parquet file is loaded to train on: past
@@ -38,8 +38,11 @@ BIG_CSV = 256 * 2**20
 
 
 def convert_hint(path: str | Path, extra: str = "") -> str:
-    stem = Path(path).with_suffix(".npy").name
-    return f"realnvp convert {path} {stem}{extra}"
+    """The ``realnvp convert`` command that makes a .npy file of ``path`` (of another name
+    than ``path``'s own)."""
+    path = Path(path)
+    name = path.stem + (".finite.npy" if path.suffix.lower() == ".npy" else ".npy")
+    return f"realnvp convert {path} {name}{extra}"
 
 
 def training_table(
@@ -54,7 +57,13 @@ def training_table(
         rows = layout.rows(spec)
         if not finite_rows(rows, args.drop_nonfinite):
             streamed = False  # rows to drop: only a table in memory can leave them out
-    elif is_streamable(spec) and not args.drop_nonfinite:
+            print(
+                f"realnvp train: note: {spec} has rows with NaN or inf; --drop-nonfinite reads "
+                "it into memory to leave them out; for a table larger than memory, drop them "
+                f"once: {convert_hint(spec, ' --drop-nonfinite')}",
+                file=sys.stderr,
+            )
+    elif is_streamable(spec):
         rows = layout.rows(spec)
         if rows.n * rows.width > LOAD_VALUES:
             raise DataError(
@@ -141,15 +150,16 @@ def convert(args: argparse.Namespace) -> int:
     usecols = resolve_columns(args.columns, names, width, source) if args.columns else None
     dtype = np.dtype(args.dtype)
     blocks = _blocks(source, usecols, width)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    counts: list[int] = []
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            n, dropped, columns = _write_npy(f, blocks, dtype, args.drop_nonfinite, source)
-        if n == 0:
+            counts.extend(_write_npy(f, blocks, dtype, args.drop_nonfinite, source, usecols))
+        if counts[0] == 0:
             raise DataError(f"{source}: has no usable rows")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(out, write)  # a temporary file, flushed and renamed: a failure leaves nothing
+    n, dropped, columns = counts
     kept = [names[j] for j in (usecols or range(width))] if names else None
     what = f" ({', '.join(kept)})" if kept else ""
     skipped = f", {dropped:,} rows with NaN or inf left out" if dropped else ""
@@ -162,7 +172,7 @@ def _blocks(
 ) -> Iterator[tuple[NDArray, NDArray]]:
     """``(line or row numbers, rows)`` blocks of the table's chosen columns, float64."""
     if source.suffix.lower() in ARROW_FORMATS and not is_streamable(source):
-        x, lines = _read_arrow(source, usecols, None)  # Feather: memory-mapped by pyarrow
+        x, lines = _read_arrow(source, usecols, None)  # a Feather file is read whole
         for start in range(0, len(x), BLOCK_ROWS):
             yield lines[start : start + BLOCK_ROWS], x[start : start + BLOCK_ROWS]
         return
@@ -218,6 +228,7 @@ def _write_npy(
     dtype: np.dtype,
     drop: bool,
     source: Path,
+    usecols: list[int] | None = None,
 ) -> tuple[int, int, int]:
     """Write the blocks' rows to ``f`` as a .npy file (its header written last, in space
     reserved first); returns (rows written, rows dropped, columns)."""
@@ -231,8 +242,9 @@ def _write_npy(
         if bad.any() and not drop:
             row = int(np.argmax(bad))
             col = int(np.argmax(~np.isfinite(block[row])))
+            number = (col if usecols is None else usecols[col]) + 1
             raise DataError(
-                f"{source}: row {lines[row]}, column {col + 1} is {block[row, col]}; pass "
+                f"{source}: row {lines[row]}, column {number} is {block[row, col]}; pass "
                 "--drop-nonfinite to leave such rows out"
             )
         with np.errstate(over="ignore"):
@@ -270,11 +282,11 @@ def chunk_rows(width: int) -> int:
 
 def stream_table(
     spec: str, layout: Layout, drop_nonfinite: bool, in_range: Callable[[NDArray], NDArray]
-) -> Iterator[tuple[int, NDArray, NDArray | None]]:
-    """``(chunk number, modelled columns, contexts)`` of the table ``spec`` read in place,
-    chunk by chunk: a non-finite value is refused naming its row and column (or its row left
-    out, with ``drop_nonfinite``), and so is a value that ``in_range`` rejects (it maps the
-    modelled columns to a boolean array of their shape)."""
+) -> Iterator[tuple[int, NDArray, NDArray, NDArray | None]]:
+    """``(chunk number, row numbers, modelled columns, contexts)`` of the table ``spec``
+    read in place, chunk by chunk: a non-finite value is refused naming its row and column
+    (or its row left out, with ``drop_nonfinite``), and so is a value that ``in_range``
+    rejects (it maps the modelled columns to a boolean array of their shape)."""
     rows = layout.rows(spec)
     usecols = getattr(rows, "usecols", None)
     for i, (start, chunk) in enumerate(rows.chunks(chunk_rows(rows.width))):
@@ -288,6 +300,8 @@ def stream_table(
                 "--drop-nonfinite to skip rows with NaN or inf"
             )
         lines = np.arange(start + 1, start + 1 + len(chunk))[~bad]
+        if not len(lines):  # every row of the chunk dropped
+            continue
         x, context = layout.split(chunk[~bad] if bad.any() else chunk)
         outside = ~np.asarray(in_range(x), dtype=bool)
         if outside.any():
@@ -298,7 +312,7 @@ def stream_table(
                 f"{spec}: row {lines[row]}, column {number}: {x[row, col]:g} is out of the "
                 "range the model computes in (it overflows float32)"
             )
-        yield i, x, context
+        yield i, lines, x, context
 
 
 class Moments:

@@ -206,11 +206,17 @@ class ParquetRows(Rows):
         return rows[start - offset : stop - offset]
 
     def chunks(self, rows: int | None = None) -> Iterator[tuple[int, NDArray]]:
-        if rows is not None:
-            yield from super().chunks(rows)
-            return
-        for g in range(len(self.starts) - 1):  # one row group at a time
-            yield int(self.starts[g]), self._group(g)
+        """Consecutive pieces of ``rows`` rows, decoded batch by batch (``iter_batches``), so
+        that a file of huge row groups is not held whole either."""
+        rows = rows or max(1, CHUNK_VALUES // max(1, self.width))
+        start = 0
+        for batch in self.file.iter_batches(batch_size=rows, columns=self.names):
+            out = np.empty((batch.num_rows, self.width))
+            for i in range(self.width):
+                column = batch.column(i).cast(self.pa.float64(), safe=False)
+                out[:, i] = column.to_numpy(zero_copy_only=False)
+            yield start, out
+            start += len(out)
 
 
 PARQUET = (".parquet", ".pq")

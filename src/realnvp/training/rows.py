@@ -34,6 +34,8 @@ from realnvp.training.loop import batch_indices, evaluate_nll
 LARGE = 2**21
 #: training rows that sample the table for the checks and the rounding detection
 SAMPLE = 200_000
+#: what a run's records say (``data.split``) when its split and batch order are computed
+COMPUTED = "computed"
 
 
 @dataclass
@@ -92,8 +94,11 @@ class RowSplit:
     ``0 .. n_val-1`` of a computed permutation are the validation rows and the rest the
     training rows."""
 
-    def __init__(self, n: int, n_val: int, seed: int):
-        self.n, self.n_val, self.large = n, n_val, n > LARGE
+    def __init__(self, n: int, n_val: int, seed: int, computed: bool | None = None):
+        """``computed``: whether the split and the batch order are computed (None: past
+        ``LARGE`` rows). A run records it (``COMPUTED``), so a resumed run keeps its own."""
+        self.n, self.n_val = n, n_val
+        self.large = n > LARGE if computed is None else computed
         if self.large:
             self.perm = Permutation(n, seed)
         else:
@@ -122,7 +127,8 @@ class RowSplit:
         per_epoch = self.n_train // batch_size
         epoch, k = divmod(start_step, per_epoch)
         while True:
-            perm = Permutation(self.n_train, seed + 1_000_003 * epoch)
+            # epoch e's key is not the split's (seed): the two permutations are independent
+            perm = Permutation(self.n_train, seed + 1_000_003 * (epoch + 1))
             for j in range(k, per_epoch):
                 yield torch.from_numpy(perm(np.arange(j * batch_size, (j + 1) * batch_size)))
             epoch, k = epoch + 1, 0
@@ -157,9 +163,10 @@ def moments(table: Table, split: RowSplit) -> list[NDArray]:
 def sample(table: Table, split: RowSplit, rows: int = SAMPLE) -> NDArray:
     """The training rows (all of them up to ``rows``, else ``rows`` of them evenly spread over
     the training positions), for the checks and the rounding detection."""
-    k = np.arange(split.n_train)
     if split.n_train > rows:
         k = np.linspace(0, split.n_train - 1, rows).astype(np.int64)
+    else:
+        k = np.arange(split.n_train)
     index = split.train(k)
     return table.rows.take(np.sort(index))[np.argsort(np.argsort(index))]
 

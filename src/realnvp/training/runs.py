@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from realnvp.config import TrainConfig, default_val_fraction
-from realnvp.data.store import TableSummary
+from realnvp.data.store import ParquetRows, TableSummary
 from realnvp.errors import ConfigError
 from realnvp.files import atomic_write
 from realnvp.models import Flow, kind_of
@@ -32,7 +32,7 @@ from realnvp.training.checkpoint import (
     read_model_config,
 )
 from realnvp.training.loop import History, Trainer
-from realnvp.training.rows import RowSplit, Table, moments, sample, stored_data
+from realnvp.training.rows import COMPUTED, RowSplit, Table, moments, sample, stored_data
 
 #: the seed of the one dequantization of validation images
 VAL_NOISE_SEED = 20170101
@@ -261,10 +261,9 @@ def train_run(
     """
     run = Path(run)
     dev = resolve_device(device)
-    if isinstance(x, Table):  # its contexts are columns of it
-        return _train_table(
-            run, x, model, config, val_fraction, resume, dev, progress, data_info, callbacks
-        )
+    if isinstance(x, Table):  # it holds its contexts (``context`` must be None)
+        args = (model, config, val_fraction, resume, dev, progress, data_info, callbacks)
+        return _train_table(run, x, *args, context)
     if resume:
         return _resume(run, x, context, model, config, val_fraction, dev, progress, callbacks)
     if (run / MODEL_CONFIG).exists() or (run / TRAINING_STATE).exists():
@@ -299,6 +298,11 @@ def _resume(
     }
     check_resume(run, _settings(run, flow, state), given)
     info = _run_info(run, state)
+    if info["data"].get("split") == COMPUTED:  # trained from a Table past LARGE rows
+        table = Table.of(x, context)
+        return _train_table(
+            run, table, model, config, val_fraction, True, device, progress, None, callbacks
+        )
     if info["data"]["fingerprint"] != fingerprint(x, context):
         raise CheckpointError(
             f"{run}: was trained on other data than given now; resume with the same data"
@@ -342,33 +346,18 @@ def _fit(run: Path, trainer: Trainer) -> tuple[Flow, History]:
 
 
 def _train_table(
-    run, table, model, config, val_fraction, resume, device, progress, data_info, callbacks
+    run, table, model, config, val_fraction, resume, device, progress, data_info, callbacks, *more
 ) -> tuple[Flow, History]:
     """``train_run`` on a ``Table``: new or resumed, the rows read where they lie."""
-    if resume:
-        flow, optimizer_state, state, best, average = _load_state(run)
-        given = {
-            "model": model or {},
-            "train": {} if config is None else config.to_dict(),
-            "data": {"val_fraction": val_fraction} if val_fraction is not None else {},
-        }
-        check_resume(run, _settings(run, flow, state), given)
-        info = _run_info(run, state)
-        if info["data"]["fingerprint"] != table.fingerprint():
-            raise CheckpointError(
-                f"{run}: was trained on other data than given now; resume with the same data"
-            )
-        train = {**state["config"]}
-        if config is not None:
-            train.update({k: getattr(config, k) for k in RESUME_MAY_CHANGE})
-        config = saved_config(run, train)
-        split = RowSplit(
-            table.rows.n, _held_out(table.rows.n, info["data"]["val_fraction"]), config.seed
+    if more and more[0] is not None:
+        raise TypeError("a Table holds its contexts: name their columns in Table.context")
+    if isinstance(table.rows, ParquetRows):
+        raise ValueError(
+            f"{table.rows.source}: a Parquet file gives random rows only by decoding whole row "
+            "groups; convert it to a .npy file (realnvp convert) and train on NpyRows"
         )
-        flow = flow.to(device)
-        trainer = _table_trainer(run, table, split, flow, config, info, progress, callbacks)
-        _restore(run, trainer, state, optimizer_state, best, average, device)
-        return _fit(run, trainer)
+    if resume:
+        return _resume_table(run, table, model, config, val_fraction, device, progress, callbacks)
     if (run / MODEL_CONFIG).exists() or (run / TRAINING_STATE).exists():
         raise FileExistsError(
             f"{run}: already holds a run; resume it, or train into another folder"
@@ -382,6 +371,7 @@ def _train_table(
     config = config or kind.recipe_for(shape)
     split = RowSplit(n, _held_out(n, val_fraction), config.seed)
     data = {"rows": n, "shape": [shape[1]], "fingerprint": table.fingerprint()}
+    data |= {"split": COMPUTED} if split.large else {}
     info = {
         "data": {**(data_info or {}), **data, "val_fraction": val_fraction},
         "train": config.to_dict(),
@@ -390,6 +380,33 @@ def _train_table(
     torch.manual_seed(config.seed)
     flow = new_flow(model, summarize(table, split), device)
     return _fit(run, _table_trainer(run, table, split, flow, config, info, progress, callbacks))
+
+
+def _resume_table(
+    run, table, model, config, val_fraction, device, progress, callbacks
+) -> tuple[Flow, History]:
+    flow, optimizer_state, state, best, average = _load_state(run)
+    given = {
+        "model": model or {},
+        "train": {} if config is None else config.to_dict(),
+        "data": {"val_fraction": val_fraction} if val_fraction is not None else {},
+    }
+    check_resume(run, _settings(run, flow, state), given)
+    info = _run_info(run, state)
+    if info["data"]["fingerprint"] != table.fingerprint():
+        raise CheckpointError(
+            f"{run}: was trained on other data than given now; resume with the same data"
+        )
+    train = {**state["config"]}
+    if config is not None:
+        train.update({k: getattr(config, k) for k in RESUME_MAY_CHANGE})
+    config = saved_config(run, train)
+    n_val = _held_out(table.rows.n, info["data"]["val_fraction"])
+    computed = info["data"].get("split") == COMPUTED  # runs before it: numpy's and torch's
+    split = RowSplit(table.rows.n, n_val, config.seed, computed)
+    trainer = _table_trainer(run, table, split, flow.to(device), config, info, progress, callbacks)
+    _restore(run, trainer, state, optimizer_state, best, average, device)
+    return _fit(run, trainer)
 
 
 def summarize(table: Table, split: RowSplit) -> TableSummary:
