@@ -24,6 +24,11 @@ from realnvp.data.tabular import DataError, _arrow_kind, _data_columns, _not_num
 
 #: values (rows times columns) per chunk of a streaming pass: 8 MB of float64
 CHUNK_VALUES = 2**20
+#: pages of a memory-mapped file a process may keep mapped (32 MB of 4 KiB pages) before
+#: releasing them: releasing after every batch would cost a page fault per row at each step
+RESIDENT_PAGES = 8192
+#: rows gathered between two checks of the pages mapped
+TAKE_ROWS = 2048
 
 
 class Rows:
@@ -88,9 +93,9 @@ class ArrayRows(Rows):
 
 class NpyRows(Rows):
     """The rows of a 2-D (or 1-D: one column) .npy file of real numbers, read in place through a
-    memory map; the pages a read touched are released after it (``MADV_DONTNEED``), so the
-    process's resident memory holds no more of the file than one read needs. ``usecols`` picks
-    columns, 0-based, in that order."""
+    memory map; the pages reads touched are released (``MADV_DONTNEED``) whenever they may
+    exceed ``RESIDENT_PAGES``, so the process's resident memory holds at most about 50 MB of
+    the file, however large. ``usecols`` picks columns, 0-based, in that order."""
 
     def __init__(self, path: str | Path, usecols: Sequence[int] | None = None):
         path = Path(path)
@@ -116,26 +121,37 @@ class NpyRows(Rows):
         self.usecols = None if usecols is None else list(usecols)
         self.width = array.shape[1] if self.usecols is None else len(self.usecols)
         self.file_width = array.shape[1]
+        self.pages = 0  # pages mapped since the last release, at most
 
     def _columns(self, rows: NDArray) -> NDArray:
         rows = rows if self.usecols is None else rows[:, self.usecols]
         return np.array(rows, dtype=np.float64)  # a copy: nothing refers to the map after it
 
     def _read(self, start: int, stop: int) -> NDArray:
-        try:
-            return self._columns(self.array[start:stop])
-        finally:
-            self.release()
+        pages = (stop - start) * self.array.strides[0] // mmap.PAGESIZE + 2
+        out = self._columns(self.array[start:stop])
+        self._touched(pages)
+        return out
 
     def take(self, index: NDArray) -> NDArray:
-        try:
-            return self._columns(self.array[np.asarray(index, dtype=np.int64)])
-        finally:
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index), self.width))
+        for start in range(0, len(index), TAKE_ROWS):  # at most 2 pages a row between releases
+            block = index[start : start + TAKE_ROWS]
+            out[start : start + len(block)] = self._columns(self.array[block])
+            self._touched(2 * len(block))
+        return out
+
+    def _touched(self, pages: int) -> None:
+        """Count the pages a read may have mapped; release them all past ``RESIDENT_PAGES``."""
+        self.pages += pages
+        if self.pages > RESIDENT_PAGES:
             self.release()
 
     def release(self) -> None:
         """Drop the file's pages from this process's resident memory (they stay in the page
-        cache, shared, and are read back from it when needed again)."""
+        cache, shared, and are mapped again from it when read again)."""
+        self.pages = 0
         mapping = getattr(self.array, "_mmap", None)
         if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             mapping.madvise(mmap.MADV_DONTNEED)
