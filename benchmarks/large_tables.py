@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -51,11 +52,13 @@ from realnvp.cli import main
 code = main(sys.argv[1:])
 warm = times[10:]
 rate = (len(warm) - 1) / (warm[-1] - warm[0]) if len(warm) > 1 else None
-print("RESULT " + json.dumps({
-    "rank": int(os.environ.get("RANK", "0")),
-    "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "steps_per_s": rate,
-}))
+rank = int(os.environ.get("RANK", "0"))
+with open(os.path.join(os.environ["RESULTS"], f"rank{rank}.json"), "w") as f:
+    json.dump({
+        "rank": rank,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "steps_per_s": rate,
+    }, f)
 sys.exit(code)
 """
 
@@ -82,8 +85,10 @@ def train(data: Path, steps: int, processes: int, run: Path) -> list[dict]:
     """One training run; the records of its processes."""
     args = ["train", str(data), "--out", str(run), "--steps", str(steps), *TRAIN]
     args += ["--val-fraction", "0.001", "--device", "cpu"]
+    results = Path(tempfile.mkdtemp())
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    script = Path(tempfile.mkdtemp()) / "wrapper.py"
+    env["RESULTS"] = str(results)
+    script = results / "wrapper.py"
     script.write_text(WRAPPER)
     launch = [sys.executable, str(script)]
     if processes > 1:
@@ -94,81 +99,82 @@ def train(data: Path, steps: int, processes: int, run: Path) -> list[dict]:
     wall = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
-    out = [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    out = [json.loads(p.read_text()) for p in results.glob("rank*.json")]
     return [{**r, "wall_s": round(wall, 1)} for r in sorted(out, key=lambda r: r["rank"])]
 
 
 def measure(args: argparse.Namespace) -> None:
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
-    sizes = sorted({20_000, *args.rows})
-    for rows in sizes:
+    for rows in sorted({20_000, *args.rows}):
         npy = folder / f"rows_{rows}.npy"
-        made = time.perf_counter()
         make_table(npy, rows)
-        made = time.perf_counter() - made
         sources = [("npy, in place", npy)]
         if rows <= args.in_memory_max:
             npz = folder / f"rows_{rows}.npz"
             if not npz.exists():
                 np.savez(npz, x=np.load(npy))
             sources.append(("npz, in memory", npz))
-        for how, data in sources:
-            for processes in args.processes:
-                run = Path(tempfile.mkdtemp(dir=folder)) / "run"
-                records = train(data, args.steps, processes, run)
-                record = {
-                    "rows": rows,
-                    "columns": COLUMNS,
-                    "file_mb": round(data.stat().st_size / 2**20, 1),
-                    "data": how,
-                    "processes": processes,
-                    "steps": args.steps,
-                    "peak_mb": [round(r["peak_mb"], 1) for r in records],
-                    "steps_per_s": [round(r["steps_per_s"], 2) for r in records],
-                    "wall_s": records[0]["wall_s"],
-                    "threads": os.environ.get("OMP_NUM_THREADS", "1"),
-                    "cpus": os.cpu_count(),
-                    "machine": platform.processor() or platform.machine(),
-                }
-                print(json.dumps(record), flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                subprocess.run(["rm", "-rf", str(run.parent)], check=False)
-        del made
+        for repeat in range(args.repeats):  # the two sources interleaved, so drift hits both
+            for how, data in sources:
+                for processes in args.processes if repeat == 0 else [1]:
+                    record = run_once(folder, rows, how, data, processes, args.steps)
+                    record["repeat"] = repeat
+                    print(json.dumps(record), flush=True)
+                    if args.out:
+                        with open(args.out, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+
+
+def run_once(folder: Path, rows: int, how: str, data: Path, processes: int, steps: int) -> dict:
+    run = Path(tempfile.mkdtemp(dir=folder)) / "run"
+    records = train(data, steps, processes, run)
+    subprocess.run(["rm", "-rf", str(run.parent)], check=False)
+    return {
+        "rows": rows,
+        "columns": COLUMNS,
+        "file_mb": round(data.stat().st_size / 2**20, 1),
+        "data": how,
+        "processes": processes,
+        "steps": steps,
+        "peak_mb": [round(r["peak_mb"], 1) for r in records],
+        "steps_per_s": [round(r["steps_per_s"], 2) for r in records],
+        "wall_s": records[0]["wall_s"],
+        "threads": os.environ.get("OMP_NUM_THREADS", "1"),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+    }
 
 
 def report(path: str) -> str:
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    base = {(r["data"], r["processes"]): max(r["peak_mb"]) for r in records if r["rows"] == 20_000}
-    memory = {
-        (r["rows"], r["processes"]): r["steps_per_s"][0]
-        for r in records
-        if r["data"].startswith("npz")
-    }
+    runs: dict[tuple, list[dict]] = {}
+    for r in records:
+        runs.setdefault((r["rows"], r["data"], r["processes"]), []).append(r)
+    peak = {k: max(max(r["peak_mb"]) for r in v) for k, v in runs.items()}
+    rate = {k: float(np.median([r["steps_per_s"][0] for r in v])) for k, v in runs.items()}
     lines = [
         "| rows | file | data | processes | peak memory per process | vs 20,000 rows | "
-        "steps/s | vs in memory |",
+        "steps/s (runs) | vs in memory |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in records:
-        peak = max(r["peak_mb"])
-        extra = peak - base.get((r["data"], r["processes"]), peak)
-        rate = r["steps_per_s"][0]
-        same = memory.get((r["rows"], r["processes"]))
-        ratio = f"{rate / same:.2f}x" if same and not r["data"].startswith("npz") else "-"
+    for (rows, how, processes), v in runs.items():
+        extra = peak[(rows, how, processes)] - peak.get((20_000, how, processes), math.nan)
+        memory = rate.get((rows, "npz, in memory", processes))
+        ratio = f"{rate[(rows, how, processes)] / memory:.2f}x" if memory and "npy" in how else "-"
         lines.append(
-            f"| {r['rows']:,} | {r['file_mb']:,.0f} MB | {r['data']} | {r['processes']} | "
-            f"{peak:,.0f} MB | {extra:+,.0f} MB | {rate:.1f} | {ratio} |"
+            f"| {rows:,} | {v[0]['file_mb']:,.0f} MB | {how} | {processes} | "
+            f"{peak[(rows, how, processes)]:,.0f} MB | {extra:+,.0f} MB | "
+            f"{rate[(rows, how, processes)]:.1f} ({len(v)}) | {ratio} |"
         )
     first = records[0]
     lines.append("")
     lines.append(
         f"{first['steps']} steps, batch 256, 4 affine couplings of 2x64, "
         f"{first['threads']} thread(s) per process, {first['cpus']} cores; peak memory is the "
-        "process's peak resident set (ru_maxrss); with 4 processes, the largest of the 4."
+        "process's peak resident set (ru_maxrss), with 4 processes the largest of the 4; "
+        "steps/s of rank 0, the median over the runs, the two sources interleaved."
     )
     return "\n".join(lines)
 
@@ -178,6 +184,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--processes", type=int, nargs="+", default=[1])
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=1, help="one-process runs of each source")
     p.add_argument("--in-memory-max", type=int, default=10_000_000)
     p.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "realnvp-large-tables"))
     p.add_argument("--out", help="append one JSON line per run to this file")

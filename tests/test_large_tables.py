@@ -67,9 +67,13 @@ def test_permutation_refuses_positions_out_of_range() -> None:
 
 
 # -- the stores ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", ["float32", "float64", "int16"])
-def test_npy_rows_read_take_and_chunks_give_the_array(tmp_path: Path, dtype: str) -> None:
-    x = (table(500) * 10).astype(dtype)
+@pytest.mark.parametrize(
+    ("dtype", "order"), [("float32", "C"), ("float64", "C"), ("int16", "C"), ("float64", "F")]
+)
+def test_npy_rows_read_take_and_chunks_give_the_array(
+    tmp_path: Path, dtype: str, order: str
+) -> None:
+    x = np.asarray((table(500) * 10).astype(dtype), order=order)
     np.save(tmp_path / "x.npy", x)
     rows = NpyRows(tmp_path / "x.npy", usecols=[2, 0])
     expected = x[:, [2, 0]].astype(np.float64)
@@ -80,6 +84,13 @@ def test_npy_rows_read_take_and_chunks_give_the_array(tmp_path: Path, dtype: str
     chunks = list(rows.chunks(128))
     assert [s for s, _ in chunks] == [0, 128, 256, 384]
     assert np.array_equal(np.concatenate([c for _, c in chunks]), expected)
+
+
+def test_a_one_column_npy_file_is_a_table_of_one_column(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.arange(10.0))
+    rows = NpyRows(tmp_path / "x.npy")
+    assert rows.shape == (10, 1)
+    assert np.array_equal(rows.take(np.array([9, 2])), [[9.0], [2.0]])
 
 
 def test_arrow_rows_read_across_row_groups(tmp_path: Path) -> None:

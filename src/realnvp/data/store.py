@@ -1,8 +1,7 @@
-"""Tables read where they lie: a .npy file read in place (memory-mapped, pages released as they
-are used), a Parquet file read by row group, or an array already in memory, behind one
-interface (``Rows``): ``read`` a range of rows, ``take`` rows by number, iterate ``chunks``. Every
-read gives float64 rows of the chosen columns, so what a model sees does not depend on where the
-rows were.
+"""Tables read where they lie: a .npy file read in place (positioned reads), a Parquet file
+read by row group, or an array already in memory, behind one interface (``Rows``): ``read`` a
+range of rows, ``take`` rows by number, iterate ``chunks``. Every read gives float64 rows of the
+chosen columns, so what a model sees does not depend on where the rows were.
 
 A process that trains on a table of 10^8 rows through ``Rows`` holds a batch, a chunk and a few
 buffers, not the table; the operating system's page cache holds what it can of the file, and
@@ -11,7 +10,7 @@ shares it between the processes of a torchrun job.
 
 from __future__ import annotations
 
-import mmap
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,6 @@ from realnvp.data.tabular import DataError, _arrow_kind, _data_columns, _not_num
 
 #: values (rows times columns) per chunk of a streaming pass: 8 MB of float64
 CHUNK_VALUES = 2**20
-#: pages of a memory-mapped file a process may keep mapped (32 MB of 4 KiB pages) before
-#: releasing them: releasing after every batch would cost a page fault per row at each step
-RESIDENT_PAGES = 8192
-#: rows gathered between two checks of the pages mapped
-TAKE_ROWS = 2048
 
 
 class Rows:
@@ -92,69 +86,81 @@ class ArrayRows(Rows):
 
 
 class NpyRows(Rows):
-    """The rows of a 2-D (or 1-D: one column) .npy file of real numbers, read in place through a
-    memory map; the pages reads touched are released (``MADV_DONTNEED``) whenever they may
-    exceed ``RESIDENT_PAGES``, so the process's resident memory holds at most about 50 MB of
-    the file, however large. ``usecols`` picks columns, 0-based, in that order."""
+    """The rows of a 2-D (or 1-D: one column) .npy file of real numbers, read in place: a range
+    of rows with one positioned read (``os.pread``), a batch of rows with one read per row, so
+    the process holds what it read and nothing of the file (a memory map would keep the pages
+    it touched resident, and the kernel maps the neighbours of each page touched too: a batch of
+    256 random rows mapped ~100 MB of a 240 MB file). The operating system's page cache keeps
+    what it can of the file. ``usecols`` picks columns, 0-based, in that order."""
 
     def __init__(self, path: str | Path, usecols: Sequence[int] | None = None):
         path = Path(path)
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as error:
-            if "pickle" in str(error).lower() or "object" in str(error).lower():
-                raise DataError(
-                    f"{path}: holds Python objects (pickle); refused, only numbers load"
-                ) from None
-            raise DataError(f"{path}: not a readable NumPy file ({error})") from None
-        except (OSError, EOFError) as error:
-            raise DataError(f"{path}: not a readable NumPy file ({error})") from None
-        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-            raise DataError(f"{path}: expected real numbers, got dtype {array.dtype}")
-        if array.ndim == 1:
-            array = array[:, None]
-        if array.ndim != 2:
-            raise DataError(
-                f"{path}: expected a 2-D table (rows, columns), got shape {array.shape}"
-            )
-        self.array, self.source, self.n = array, str(path), array.shape[0]
+        array = _npy_header(path)
+        self.source, self.n, self.file_width = str(path), array.shape[0], array.shape[1]
         self.usecols = None if usecols is None else list(usecols)
-        self.width = array.shape[1] if self.usecols is None else len(self.usecols)
-        self.file_width = array.shape[1]
-        self.pages = 0  # pages mapped since the last release, at most
+        self.width = self.file_width if self.usecols is None else len(self.usecols)
+        self.dtype = array.dtype
+        self.row_bytes = array.dtype.itemsize * self.file_width
+        # a Fortran-ordered file holds columns, not rows, contiguously: read through the map
+        self.array = array if array.flags.f_contiguous and self.file_width > 1 else None
+        self.offset = 0 if self.array is not None else array.offset
+        self.path = path
 
     def _columns(self, rows: NDArray) -> NDArray:
         rows = rows if self.usecols is None else rows[:, self.usecols]
-        return np.array(rows, dtype=np.float64)  # a copy: nothing refers to the map after it
+        return np.array(rows, dtype=np.float64)  # a copy: nothing refers to a buffer after it
+
+    def _rows(self, data: bytes, count: int) -> NDArray:
+        return np.frombuffer(data, dtype=self.dtype, count=count * self.file_width).reshape(
+            count, self.file_width
+        )
 
     def _read(self, start: int, stop: int) -> NDArray:
-        pages = (stop - start) * self.array.strides[0] // mmap.PAGESIZE + 2
-        out = self._columns(self.array[start:stop])
-        self._touched(pages)
-        return out
+        if self.array is not None:
+            return self._columns(self.array[start:stop])
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * self.row_bytes)
+            data = f.read((stop - start) * self.row_bytes)
+        return self._columns(self._rows(data, stop - start))
 
     def take(self, index: NDArray) -> NDArray:
         index = np.asarray(index, dtype=np.int64)
-        out = np.empty((len(index), self.width))
-        for start in range(0, len(index), TAKE_ROWS):  # at most 2 pages a row between releases
-            block = index[start : start + TAKE_ROWS]
-            out[start : start + len(block)] = self._columns(self.array[block])
-            self._touched(2 * len(block))
-        return out
+        if self.array is not None:
+            return self._columns(self.array[index])
+        size, offset = self.row_bytes, self.offset
+        with open(self.path, "rb") as f:
+            if hasattr(os, "pread"):
+                fd = f.fileno()
+                data = b"".join(os.pread(fd, size, offset + r * size) for r in index.tolist())
+            else:  # no positioned reads (Windows): seek and read
+                parts = []
+                for r in index.tolist():
+                    f.seek(offset + r * size)
+                    parts.append(f.read(size))
+                data = b"".join(parts)
+        return self._columns(self._rows(data, len(index)))
 
-    def _touched(self, pages: int) -> None:
-        """Count the pages a read may have mapped; release them all past ``RESIDENT_PAGES``."""
-        self.pages += pages
-        if self.pages > RESIDENT_PAGES:
-            self.release()
 
-    def release(self) -> None:
-        """Drop the file's pages from this process's resident memory (they stay in the page
-        cache, shared, and are mapped again from it when read again)."""
-        self.pages = 0
-        mapping = getattr(self.array, "_mmap", None)
-        if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            mapping.madvise(mmap.MADV_DONTNEED)
+def _npy_header(path: Path) -> Any:
+    """The .npy file's shape, dtype and data offset (as a read-only memory map of it, 2-D),
+    its content refused if it is not a table of real numbers."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        if "pickle" in str(error).lower() or "object" in str(error).lower():
+            raise DataError(
+                f"{path}: holds Python objects (pickle); refused, only numbers load"
+            ) from None
+        raise DataError(f"{path}: not a readable NumPy file ({error})") from None
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable NumPy file ({error})") from None
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise DataError(f"{path}: expected real numbers, got dtype {array.dtype}")
+    if array.ndim == 1:
+        array = np.memmap(path, array.dtype, "r", array.offset, (array.shape[0], 1))
+    if array.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D table (rows, columns), got shape {array.shape}")
+    return array
 
 
 class ParquetRows(Rows):
