@@ -106,7 +106,7 @@ def train(data: Path, steps: int, processes: int, run: Path) -> list[dict]:
 def measure(args: argparse.Namespace) -> None:
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
-    for rows in sorted({20_000, *args.rows}):
+    for rows in sorted({*args.rows, *([20_000] if args.baseline else [])}):
         npy = folder / f"rows_{rows}.npy"
         make_table(npy, rows)
         sources = [("npy, in place", npy)]
@@ -185,6 +185,12 @@ def main() -> None:
     p.add_argument("--processes", type=int, nargs="+", default=[1])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--repeats", type=int, default=1, help="one-process runs of each source")
+    p.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="leave out the 20,000-row run that the others are compared with",
+    )
     p.add_argument("--in-memory-max", type=int, default=10_000_000)
     p.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "realnvp-large-tables"))
     p.add_argument("--out", help="append one JSON line per run to this file")

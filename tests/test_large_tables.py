@@ -171,12 +171,14 @@ def test_a_stored_run_resumes_exactly(tmp_path: Path, regime: str) -> None:
 
 def test_computed_split_and_batches(monkeypatch) -> None:
     monkeypatch.setattr(rows_module, "LARGE", 10)
+    monkeypatch.setattr(rows_module, "BLOCK_STEPS", 4)  # blocks of 4 batches: resume mid-block
     split = RowSplit(1000, 100, seed=3)
     train, val = split.train(np.arange(900)), split.val(np.arange(100))
     assert sorted(np.concatenate([train, val]).tolist()) == list(range(1000))
-    batches = split.batches(64, seed=3)
+    batches = split.batches(64, seed=3)  # the rows of each batch: training rows
     epoch = np.concatenate([next(batches).numpy() for _ in range(900 // 64)])
-    assert len(set(epoch.tolist())) == len(epoch) == 64 * (900 // 64)  # no position twice
+    assert len(set(epoch.tolist())) == len(epoch) == 64 * (900 // 64)  # no row twice
+    assert set(epoch.tolist()) <= set(train.tolist())
     later = split.batches(64, seed=3, start_step=20)  # resumed at step 20: the same batches
     again = split.batches(64, seed=3)
     for _ in range(20):

@@ -110,9 +110,10 @@ def batch_indices(n: int, batch_size: int, seed: int, start_step: int = 0) -> It
 
 @runtime_checkable
 class Examples(Protocol):
-    """Training examples as the trainer takes them: how many, the order of the positions of
-    each step's batch, and the batch's tensors. ``TensorExamples`` holds them in memory;
-    ``realnvp.training.rows.StoredExamples`` reads them from a table where it lies."""
+    """Training examples as the trainer takes them: how many, which examples each step's batch
+    holds (positions, or rows of a table: what ``gather`` takes), and the batch's tensors.
+    ``TensorExamples`` holds them in memory; ``realnvp.training.rows.StoredExamples`` reads
+    them from a table where it lies."""
 
     @property
     def shape(self) -> tuple[int, ...]: ...

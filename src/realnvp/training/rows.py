@@ -36,6 +36,8 @@ LARGE = 2**21
 SAMPLE = 200_000
 #: what a run's records say (``data.split``) when its split and batch order are computed
 COMPUTED = "computed"
+#: batches whose rows are computed at once past ``LARGE`` rows
+BLOCK_STEPS = 256
 
 
 @dataclass
@@ -118,10 +120,13 @@ class RowSplit:
         return self.perm(k) if self.large else self.val_rows[k]
 
     def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[Tensor]:
-        """Training positions for steps ``start_step, ...``: ``loop.batch_indices``'s order up
-        to ``LARGE`` rows, past it a computed permutation drawn from ``(seed, epoch)``."""
+        """The rows of the training batches of steps ``start_step, ...``: ``loop.batch_indices``'s
+        order of the training positions up to ``LARGE`` rows, past it a computed permutation
+        drawn from ``(seed, epoch)``, its rows computed ``BLOCK_STEPS`` batches at a time (one
+        vectorized call instead of one per step)."""
         if not self.large:
-            yield from batch_indices(self.n_train, batch_size, seed, start_step)
+            for positions in batch_indices(self.n_train, batch_size, seed, start_step):
+                yield torch.from_numpy(self.train_rows[positions.numpy()])
             return
         batch_size = min(batch_size, self.n_train)
         per_epoch = self.n_train // batch_size
@@ -129,8 +134,10 @@ class RowSplit:
         while True:
             # epoch e's key is not the split's (seed): the two permutations are independent
             perm = Permutation(self.n_train, seed + 1_000_003 * (epoch + 1))
-            for j in range(k, per_epoch):
-                yield torch.from_numpy(perm(np.arange(j * batch_size, (j + 1) * batch_size)))
+            for first in range(k, per_epoch, BLOCK_STEPS):
+                last = min(first + BLOCK_STEPS, per_epoch)
+                rows = self.train(perm(np.arange(first * batch_size, last * batch_size)))
+                yield from torch.from_numpy(rows).split(batch_size)
             epoch, k = epoch + 1, 0
 
 
@@ -186,10 +193,12 @@ class StoredExamples:
         return self.split.n_train, len(self.table.modelled)
 
     def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[Tensor]:
+        """The rows of each step's batch (``RowSplit.batches``)."""
         return self.split.batches(batch_size, seed, start_step)
 
-    def gather(self, k: Tensor) -> tuple[Tensor, Tensor | None]:
-        x, context = self.table.split(self.table.rows.take(self.split.train(k.cpu().numpy())))
+    def gather(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The batch of the table's rows ``rows``, as the model takes it."""
+        x, context = self.table.split(self.table.rows.take(rows.cpu().numpy()))
         return self.flow.as_input(x), None if context is None else self.flow.as_context(context)
 
 
