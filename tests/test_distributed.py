@@ -49,10 +49,11 @@ def metrics(run: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def train(out: Path, processes: int) -> subprocess.CompletedProcess:
+def train(out: Path, processes: int, data: str = "moons") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ARGS if data == "moons" else [data, *ARGS[3:]]  # a file: no --rows
     if processes == 1:
-        command = [sys.executable, "-m", "realnvp", "train", *ARGS, "--out", str(out)]
+        command = [sys.executable, "-m", "realnvp", "train", *args, "--out", str(out)]
     else:
         command = [
             sys.executable,
@@ -63,7 +64,7 @@ def train(out: Path, processes: int) -> subprocess.CompletedProcess:
             "-m",
             "realnvp",
             "train",
-            *ARGS,
+            *args,
             "--out",
             str(out),
         ]
@@ -81,7 +82,18 @@ def one_and_two_processes(train_fn, tmp_path: Path) -> tuple[list[dict], list[di
 
 @pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path: Path) -> None:
-    one, two = one_and_two_processes(train, tmp_path)
+    """From a .npy file read in place each process gathers only its share of each batch; the
+    two shares together are the one process's batch."""
+    import numpy as np
+
+    from realnvp.data.toy import toy_data
+
+    np.save(tmp_path / "moons.npy", toy_data("moons", 2000, 0).astype(np.float32))
+
+    def train_npy(out: Path, processes: int) -> subprocess.CompletedProcess:
+        return train(out, processes, str(tmp_path / "moons.npy"))
+
+    one, two = one_and_two_processes(train_npy, tmp_path)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [10, 20, 30, 40]
     for a, b in zip(one, two, strict=True):
         assert b["train_nll"] == pytest.approx(a["train_nll"], rel=1e-5, abs=1e-6)
@@ -94,36 +106,6 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path: Path) -> N
         flow_one.state_dict().items(), flow_two.state_dict().values(), strict=True
     ):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
-
-
-@pytest.mark.slow
-def test_two_processes_train_on_a_npy_file_as_one(tmp_path: Path) -> None:
-    """From a .npy file read in place, each process gathers only its share of each batch; the
-    two shares together are the one process's batch."""
-    import numpy as np
-
-    from realnvp.data.toy import toy_data
-
-    np.save(tmp_path / "moons.npy", toy_data("moons", 2000, 0).astype(np.float32))
-    data = str(tmp_path / "moons.npy")
-
-    def train_npy(out: Path, processes: int) -> subprocess.CompletedProcess:
-        args = [data if a == "moons" else a for a in ARGS]
-        args = [a for i, a in enumerate(args) if a != "--rows" and args[i - 1] != "--rows"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        launch = [sys.executable, "-m", "realnvp", "train"]
-        if processes > 1:
-            launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-            launch += [f"--nproc_per_node={processes}", "-m", "realnvp", "train"]
-        command = [*launch, *args, "--out", str(out)]
-        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-
-    one, two = one_and_two_processes(train_npy, tmp_path)
-    assert [r["step"] for r in one] == [r["step"] for r in two] == [10, 20, 30, 40]
-    for a, b in zip(one, two, strict=True):
-        assert b["train_nll"] == pytest.approx(a["train_nll"], rel=1e-5, abs=1e-6)
-        assert b["val_nll"] == pytest.approx(a["val_nll"], rel=1e-5, abs=1e-6)
-    assert one[-1]["train_nll"] < one[0]["train_nll"] - 0.1
 
 
 def train_images(out: Path, processes: int) -> subprocess.CompletedProcess:

@@ -47,8 +47,8 @@ class Table:
 
     Examples:
         >>> table = Table.of(np.arange(12.0).reshape(4, 3), context=np.ones((4, 1)))
-        >>> table.shape, table.context
-        ((4, 3), (3,))
+        >>> table.shape, table.context, table.modelled
+        ((4, 4), (3,), [0, 1, 2])
     """
 
     rows: Rows
