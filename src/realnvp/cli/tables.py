@@ -91,6 +91,18 @@ def training_table(
     return Table(ArrayRows(array, spec), layout.context), info, array
 
 
+def nonfinite_error(
+    source: str | Path, block: NDArray, lines: NDArray, usecols: list[int] | None, how: str
+) -> DataError:
+    """The error for the first row of ``block`` that holds NaN or inf, named by its row
+    (``lines``: each row's number) and the file's column (``usecols``: the file's column of
+    each of the block's), with ``how`` to get past it."""
+    row = int(np.argmax(~np.isfinite(block).all(axis=1)))
+    col = int(np.argmax(~np.isfinite(block[row])))
+    number = (col if usecols is None else usecols[col]) + 1
+    return DataError(f"{source}: row {lines[row]}, column {number} is {block[row, col]}; {how}")
+
+
 def _is_csv(spec: str) -> bool:
     suffix = Path(spec).suffix.lower()
     return Path(spec).is_file() and suffix not in (*ARROW_FORMATS, ".npy", ".npz")
@@ -240,13 +252,8 @@ def _write_npy(
         columns = block.shape[1]
         bad = ~np.isfinite(block).all(axis=1)
         if bad.any() and not drop:
-            row = int(np.argmax(bad))
-            col = int(np.argmax(~np.isfinite(block[row])))
-            number = (col if usecols is None else usecols[col]) + 1
-            raise DataError(
-                f"{source}: row {lines[row]}, column {number} is {block[row, col]}; pass "
-                "--drop-nonfinite to leave such rows out"
-            )
+            how = "pass --drop-nonfinite to leave such rows out"
+            raise nonfinite_error(source, block, lines, usecols, how)
         with np.errstate(over="ignore"):
             values = block.astype(dtype)
         overflow = ~bad & ~np.isfinite(values).all(axis=1)
@@ -291,15 +298,11 @@ def stream_table(
     usecols = getattr(rows, "usecols", None)
     for i, (start, chunk) in enumerate(rows.chunks(chunk_rows(rows.width))):
         bad = ~np.isfinite(chunk).all(axis=1)
+        lines = np.arange(start + 1, start + 1 + len(chunk))
         if bad.any() and not drop_nonfinite:
-            row = int(np.argmax(bad))
-            col = int(np.argmax(~np.isfinite(chunk[row])))
-            number = (col if usecols is None else usecols[col]) + 1
-            raise DataError(
-                f"{spec}: row {start + row + 1}, column {number} is {chunk[row, col]}; pass "
-                "--drop-nonfinite to skip rows with NaN or inf"
-            )
-        lines = np.arange(start + 1, start + 1 + len(chunk))[~bad]
+            how = "pass --drop-nonfinite to skip rows with NaN or inf"
+            raise nonfinite_error(spec, chunk, lines, usecols, how)
+        lines = lines[~bad]
         if not len(lines):  # every row of the chunk dropped
             continue
         x, context = layout.split(chunk[~bad] if bad.any() else chunk)

@@ -290,6 +290,26 @@ def train_run(
 def _resume(
     run, x, context, model, config, val_fraction, device, progress, callbacks
 ) -> tuple[Flow, History]:
+    saved = _saved_run(run, model, config, val_fraction)
+    info = saved["info"]
+    if info["data"].get("split") == COMPUTED:  # trained from a Table past LARGE rows
+        table = Table.of(x, context)
+        return _resume_table(run, table, model, config, val_fraction, device, progress, callbacks)
+    _check_data(run, info, fingerprint(x, context))
+    config = _resumed_config(run, saved["state"], config)
+    fraction = info["data"]["val_fraction"]
+    x_train, x_val = split(x, fraction, config.seed)
+    c_train, c_val = (None, None) if context is None else split(context, fraction, config.seed)
+    outputs = run_outputs(run, info, progress) + list(callbacks)
+    flow = saved["flow"].to(device)
+    trainer = make_trainer(flow, x_train, x_val, config, outputs, c_train, c_val)
+    _restore(run, trainer, saved, device)
+    return _fit(run, trainer)
+
+
+def _saved_run(run: Path, model, config, val_fraction) -> dict[str, Any]:
+    """A run's saved state (``flow``, ``optimizer``, ``state``, ``best``, ``average``) and
+    records (``info``), the settings given now checked against those it was started with."""
     flow, optimizer_state, state, best, average = _load_state(run)
     given = {
         "model": model or {},
@@ -297,41 +317,45 @@ def _resume(
         "data": {"val_fraction": val_fraction} if val_fraction is not None else {},
     }
     check_resume(run, _settings(run, flow, state), given)
-    info = _run_info(run, state)
-    if info["data"].get("split") == COMPUTED:  # trained from a Table past LARGE rows
-        table = Table.of(x, context)
-        return _train_table(
-            run, table, model, config, val_fraction, True, device, progress, None, callbacks
-        )
-    if info["data"]["fingerprint"] != fingerprint(x, context):
+    return {
+        "flow": flow,
+        "optimizer": optimizer_state,
+        "state": state,
+        "best": best,
+        "average": average,
+        "info": _run_info(run, state),
+    }
+
+
+def _check_data(run: Path, info: dict[str, Any], fingerprint_now: str) -> None:
+    if info["data"]["fingerprint"] != fingerprint_now:
         raise CheckpointError(
             f"{run}: was trained on other data than given now; resume with the same data"
         )
+
+
+def _resumed_config(run: Path, state: dict[str, Any], config: TrainConfig | None) -> TrainConfig:
+    """The saved recipe, with what a resumed run may change (``RESUME_MAY_CHANGE``) from
+    ``config``."""
     train = {**state["config"]}
     if config is not None:
         train.update({k: getattr(config, k) for k in RESUME_MAY_CHANGE})
-    config = saved_config(run, train)
-    fraction = info["data"]["val_fraction"]
-    x_train, x_val = split(x, fraction, config.seed)
-    c_train, c_val = (None, None) if context is None else split(context, fraction, config.seed)
-    outputs = run_outputs(run, info, progress) + list(callbacks)
-    trainer = make_trainer(flow.to(device), x_train, x_val, config, outputs, c_train, c_val)
-    _restore(run, trainer, state, optimizer_state, best, average, device)
-    return _fit(run, trainer)
+    return saved_config(run, train)
 
 
-def _restore(run, trainer, state, optimizer_state, best, average, device) -> None:
-    """Put a saved training state into ``trainer`` (the best weights of a run saved before
-    the state held them read from its model file)."""
+def _restore(run: Path, trainer: Trainer, saved: dict[str, Any], device) -> None:
+    """Put a saved training state (``_saved_run``) into ``trainer`` (the best weights of a run
+    saved before the state held them read from its model file)."""
+    state, best = saved["state"], saved["best"]
     history = state["history"] if isinstance(state["history"], dict) else {}
     if best is None and history.get("best_step") and (run / MODEL_WEIGHTS).exists():
         best = load_model(run)[0].state_dict()  # saved before the state held its best weights
     try:
         trainer.load_state(
             state,
-            optimizer_state,
+            saved["optimizer"],
             None if best is None else {k: v.to(device) for k, v in best.items()},
-            average,
+            saved["average"],
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{run}: damaged training state ({error})") from None
@@ -385,27 +409,16 @@ def _train_table(
 def _resume_table(
     run, table, model, config, val_fraction, device, progress, callbacks
 ) -> tuple[Flow, History]:
-    flow, optimizer_state, state, best, average = _load_state(run)
-    given = {
-        "model": model or {},
-        "train": {} if config is None else config.to_dict(),
-        "data": {"val_fraction": val_fraction} if val_fraction is not None else {},
-    }
-    check_resume(run, _settings(run, flow, state), given)
-    info = _run_info(run, state)
-    if info["data"]["fingerprint"] != table.fingerprint():
-        raise CheckpointError(
-            f"{run}: was trained on other data than given now; resume with the same data"
-        )
-    train = {**state["config"]}
-    if config is not None:
-        train.update({k: getattr(config, k) for k in RESUME_MAY_CHANGE})
-    config = saved_config(run, train)
+    saved = _saved_run(run, model, config, val_fraction)
+    info = saved["info"]
+    _check_data(run, info, table.fingerprint())
+    config = _resumed_config(run, saved["state"], config)
     n_val = _held_out(table.rows.n, info["data"]["val_fraction"])
     computed = info["data"].get("split") == COMPUTED  # runs before it: numpy's and torch's
     split = RowSplit(table.rows.n, n_val, config.seed, computed)
-    trainer = _table_trainer(run, table, split, flow.to(device), config, info, progress, callbacks)
-    _restore(run, trainer, state, optimizer_state, best, average, device)
+    flow = saved["flow"].to(device)
+    trainer = _table_trainer(run, table, split, flow, config, info, progress, callbacks)
+    _restore(run, trainer, saved, device)
     return _fit(run, trainer)
 
 
