@@ -476,3 +476,16 @@ def test_streamed_score_skips_dropped_rows_and_refuses_an_empty_result(
     out.unlink()
     assert "has no usable rows" in fails([*args, "--drop-nonfinite"], capsys)
     assert not out.exists()
+
+
+def test_a_table_run_refuses_separate_contexts_and_a_parquet_table(tmp_path: Path) -> None:
+    """A Table names its context columns itself; and training gathers random rows, which a
+    Parquet file gives only by decoding whole row groups."""
+    x = table(100)
+    with pytest.raises(TypeError, match="holds its contexts"):
+        train_run(tmp_path / "a", Table.of(x), MODEL, CONFIG, context=np.ones((100, 1)))
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1]}), tmp_path / "x.parquet")
+    with pytest.raises(ValueError, match="realnvp convert"):
+        train_run(tmp_path / "b", Table(ParquetRows(tmp_path / "x.parquet")), MODEL, CONFIG)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -87,9 +88,19 @@ def _check_output(path: str) -> None:
 
 
 def _write_csv(path: str, array: np.ndarray, header: list[str]) -> None:
+    _write_parts(path, iter([(array, header)]))
+
+
+def _write_parts(path: str, parts: Iterator[tuple[np.ndarray, list[str]]]) -> None:
+    """Write a CSV file (or stdout, ``-``) part by part as ``parts`` yields ``(rows, header)``,
+    the header once: a file through a temporary file renamed at the end, so a part that fails
+    leaves nothing."""
+
     def write(stream) -> None:
-        csv.writer(stream, lineterminator="\n").writerow(header)  # quotes "price, usd"
-        np.savetxt(stream, array, delimiter=",", fmt="%.9g")
+        for k, (array, header) in enumerate(parts):
+            if not k:
+                csv.writer(stream, lineterminator="\n").writerow(header)  # quotes "price, usd"
+            np.savetxt(stream, array, delimiter=",", fmt="%.9g")
 
     def write_file(tmp: Path) -> None:
         with open(tmp, "w") as f:
@@ -161,11 +172,7 @@ def _examples(
         x, levels = data.test, data.levels
         if flow.context_shape is not None:
             context = _labels(spec, data.test_labels)
-    problem = flow.mismatch(x, levels)
-    if problem is None and context is not None:
-        problem = flow.context_mismatch(context)
-    if problem is not None:
-        raise DataError(f"{spec}: {problem}")
+    _check_examples(spec, flow, x, context, levels)
     return (flow.as_input(x) if as_given else flow.prepare(x, seed)), context
 
 
@@ -471,8 +478,11 @@ def _in_range(flow: Flow):
     return lambda x: flow.in_range(torch.as_tensor(x)).cpu().numpy()
 
 
-def _check_examples(spec: str, flow: Flow, x: np.ndarray, context: np.ndarray | None) -> None:
-    problem = flow.mismatch(x)
+def _check_examples(
+    spec: str, flow: Flow, x: np.ndarray, context: np.ndarray | None, levels: int | None = None
+) -> None:
+    """Refuse examples (and contexts) the model cannot take (``Flow.mismatch``)."""
+    problem = flow.mismatch(x, levels)
     if problem is None and context is not None:
         problem = flow.context_mismatch(context)
     if problem is not None:
@@ -549,8 +559,8 @@ def _streamed_transform(args: argparse.Namespace, flow: Flow, layout: Layout) ->
     limit = float(torch.finfo(flow.dtype).max)
     in_range = (lambda x: np.abs(x) <= limit) if decode else _in_range(flow)
 
-    def write(stream) -> None:
-        done, header = 0, False
+    def parts() -> Iterator[tuple[np.ndarray, list[str]]]:
+        done = 0
         for _, lines, x, context in stream_table(args.data, layout, args.drop_nonfinite, in_range):
             if not decode:
                 _check_examples(args.data, flow, x, context)
@@ -558,27 +568,14 @@ def _streamed_transform(args: argparse.Namespace, flow: Flow, layout: Layout) ->
             written = "nothing was written"
             if args.output == "-" and done:
                 written = f"the {done:,} rows before its chunk were written"
-            values = _applied(
-                args, flow, t if decode else flow.as_input(t), context, lines, written
-            )
-            out, names = _transformed(args.command, layout, values, context)
-            if not header:
-                csv.writer(stream, lineterminator="\n").writerow(names)
-                header = True
-            np.savetxt(stream, out, delimiter=",", fmt="%.9g")
-            done += len(out)
+            t = t if decode else flow.as_input(t)
+            values = _applied(args, flow, t, context, lines, written)
+            yield _transformed(args.command, layout, values, context)
+            done += len(values)
         if not done:
             raise DataError(f"{args.data}: has no usable rows")
 
-    if args.output == "-":
-        write(sys.stdout)
-        return
-
-    def write_file(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            write(f)
-
-    atomic_write(Path(args.output), write_file)
+    _write_parts(args.output, parts())
 
 
 def _transformed(

@@ -164,7 +164,7 @@ class Layout:
         return load_data(spec, n, seed, drop_nonfinite, min_rows, width, representable, usecols)
 
     def rows(self, spec: str) -> Rows:
-        """The table ``spec`` in this layout, where it lies (a .npy, Parquet or Feather file,
+        """The table ``spec`` in this layout, where it lies (a .npy or Parquet file,
         see ``realnvp.data.store``)."""
         usecols, width = self._columns_in(spec)
         rows = open_rows(spec, usecols)

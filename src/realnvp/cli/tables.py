@@ -123,24 +123,21 @@ def finite_rows(rows: Rows, drop_nonfinite: bool) -> bool:
     leaves such rows out)."""
     first, count = None, 0
     for start, chunk in rows.chunks():
-        bad = ~np.isfinite(chunk).all(axis=1)
-        if bad.any() and first is None:
-            row = int(np.argmax(bad))
-            col = int(np.argmax(~np.isfinite(chunk[row])))
-            first = (start + row, col, chunk[row, col])
-        count += int(bad.sum())
+        bad = int((~np.isfinite(chunk).all(axis=1)).sum())
+        if bad and first is None:
+            first = (start, chunk)
+        count += bad
     if first is None:
         return True
     if drop_nonfinite:
         return False
-    row, col, value = first
-    usecols = getattr(rows, "usecols", None)
-    number = (col if usecols is None else usecols[col]) + 1
-    raise DataError(
-        f"{rows.source}: row {row + 1}, column {number} is {value}; pass --drop-nonfinite to "
-        f"skip rows with NaN or inf ({count} such rows), or drop them once: "
-        f"{convert_hint(rows.source, ' --drop-nonfinite')}"
+    start, chunk = first
+    lines = np.arange(start + 1, start + 1 + len(chunk))
+    how = (
+        f"pass --drop-nonfinite to skip rows with NaN or inf ({count} such rows), or drop them "
+        f"once: {convert_hint(rows.source, ' --drop-nonfinite')}"
     )
+    raise nonfinite_error(rows.source, chunk, lines, getattr(rows, "usecols", None), how)
 
 
 # -- realnvp convert ---------------------------------------------------------------------------

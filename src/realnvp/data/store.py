@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from realnvp.data.tabular import DataError, _arrow_kind, _data_columns, _not_numbers, _pyarrow
+from realnvp.data.tabular import (
+    DataError,
+    _arrow_kind,
+    _data_columns,
+    _not_numbers,
+    _pyarrow,
+    load_numpy,
+    numeric_table,
+)
 
 #: values (rows times columns) per chunk of a streaming pass: 8 MB of float64
 CHUNK_VALUES = 2**20
@@ -142,25 +150,9 @@ class NpyRows(Rows):
 
 
 def _npy_header(path: Path) -> Any:
-    """The .npy file's shape, dtype and data offset (as a read-only memory map of it, 2-D),
-    its content refused if it is not a table of real numbers."""
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:
-        if "pickle" in str(error).lower() or "object" in str(error).lower():
-            raise DataError(
-                f"{path}: holds Python objects (pickle); refused, only numbers load"
-            ) from None
-        raise DataError(f"{path}: not a readable NumPy file ({error})") from None
-    except (OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable NumPy file ({error})") from None
-    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise DataError(f"{path}: expected real numbers, got dtype {array.dtype}")
-    if array.ndim == 1:
-        array = np.memmap(path, array.dtype, "r", array.offset, (array.shape[0], 1))
-    if array.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D table (rows, columns), got shape {array.shape}")
-    return array
+    """The .npy file's shape, dtype and data offset, as a read-only memory map of it (2-D),
+    refused unless it holds a table of real numbers."""
+    return numeric_table(path, load_numpy(path, "r"))
 
 
 class ParquetRows(Rows):
@@ -209,12 +201,16 @@ class ParquetRows(Rows):
         """Row group ``g``, its chosen columns as float64: the last one read is kept."""
         if self.cached is not None and self.cached[0] == g:
             return self.cached[1]
-        table = self.file.read_row_group(g, columns=self.names)
+        out = self._floats(self.file.read_row_group(g, columns=self.names))
+        self.cached = (g, out)
+        return out
+
+    def _floats(self, table: Any) -> NDArray:
+        """An Arrow table's or record batch's columns as one float64 array, nulls as NaN."""
         out = np.empty((table.num_rows, self.width))
         for i in range(self.width):
             column = table.column(i).cast(self.pa.float64(), safe=False)
             out[:, i] = column.to_numpy(zero_copy_only=False)
-        self.cached = (g, out)
         return out
 
     def _read(self, start: int, stop: int) -> NDArray:
@@ -233,10 +229,7 @@ class ParquetRows(Rows):
         rows = rows or max(1, CHUNK_VALUES // max(1, self.width))
         start = 0
         for batch in self.file.iter_batches(batch_size=rows, columns=self.names):
-            out = np.empty((batch.num_rows, self.width))
-            for i in range(self.width):
-                column = batch.column(i).cast(self.pa.float64(), safe=False)
-                out[:, i] = column.to_numpy(zero_copy_only=False)
+            out = self._floats(batch)
             yield start, out
             start += len(out)
 

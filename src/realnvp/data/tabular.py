@@ -8,7 +8,7 @@ import math
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -119,17 +119,35 @@ def _non_number(
     return DataError(f"{path}: row {lines[k]}, column {picked[i] + 1}: {shown} is not a number")
 
 
-def _read_numpy(path: Path) -> NDArray:
+def load_numpy(path: Path, mmap_mode: Literal["r"] | None = None) -> Any:
+    """``np.load`` of a user's file (a memory map of a .npy file with ``mmap_mode``), its
+    failures as one ``DataError``; Python objects (a pickle) refused."""
     try:
-        loaded = np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except ValueError as error:
-        if "pickle" in str(error).lower():
+        if "pickle" in str(error).lower() or "object" in str(error).lower():
             raise DataError(
                 f"{path}: holds Python objects (pickle); refused, only numbers load"
             ) from None
         raise DataError(f"{path}: not a readable NumPy file ({error})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as error:
         raise DataError(f"{path}: not a readable NumPy file ({error})") from None
+
+
+def numeric_table(path: Path, array: Any) -> Any:
+    """``array`` as a table (rows, columns), a 1-D array as one column; refused unless it holds
+    real numbers in 1 or 2 dimensions."""
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise DataError(f"{path}: expected real numbers, got dtype {array.dtype}")
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D table (rows, columns), got shape {array.shape}")
+    return array
+
+
+def _read_numpy(path: Path) -> NDArray:
+    loaded = load_numpy(path)
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             keys = list(loaded.keys())
@@ -145,13 +163,7 @@ def _read_numpy(path: Path) -> NDArray:
                 raise DataError(f"{path}: array {key!r} holds Python objects; refused") from None
     else:
         array = loaded
-    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise DataError(f"{path}: expected real numbers, got dtype {array.dtype}")
-    if array.ndim == 1:
-        array = array[:, None]
-    if array.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D table (rows, columns), got shape {array.shape}")
-    return array.astype(np.float64)
+    return numeric_table(path, array).astype(np.float64)
 
 
 def _pyarrow(path: Path) -> Any:

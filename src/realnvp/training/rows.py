@@ -149,16 +149,19 @@ def moments(table: Table, split: RowSplit) -> list[NDArray]:
     if not split.large:
         mask = np.ones(split.n, dtype=bool)
         mask[split.val_rows] = False
+
+    def kept() -> Iterator[NDArray]:
+        for start, chunk in table.rows.chunks():
+            yield chunk if mask is None else chunk[mask[start : start + len(chunk)]]
+
     total, count = np.zeros(table.rows.width), 0
-    for start, chunk in table.rows.chunks():
-        kept = chunk if mask is None else chunk[mask[start : start + len(chunk)]]
-        total, count = total + kept.sum(0), count + len(kept)
+    for rows in kept():
+        total, count = total + rows.sum(0), count + len(rows)
     mean = total / count
     squares = np.zeros(table.rows.width)
-    for start, chunk in table.rows.chunks():
-        kept = chunk if mask is None else chunk[mask[start : start + len(chunk)]]
-        with np.errstate(over="ignore", invalid="ignore"):  # Standardize refuses an overflow
-            squares = squares + ((kept - mean) ** 2).sum(0)
+    with np.errstate(over="ignore", invalid="ignore"):  # Standardize refuses an overflow
+        for rows in kept():
+            squares = squares + ((rows - mean) ** 2).sum(0)
     std = np.sqrt(squares / count)
     std = np.where(std > 0, std, 1.0)
     out = [mean[table.modelled], std[table.modelled]]
@@ -174,8 +177,7 @@ def sample(table: Table, split: RowSplit, rows: int = SAMPLE) -> NDArray:
         k = np.linspace(0, split.n_train - 1, rows).astype(np.int64)
     else:
         k = np.arange(split.n_train)
-    index = split.train(k)
-    return table.rows.take(np.sort(index))[np.argsort(np.argsort(index))]
+    return table.rows.take(split.train(k))
 
 
 class StoredExamples:

@@ -261,25 +261,36 @@ def train_run(
     """
     run = Path(run)
     dev = resolve_device(device)
-    if isinstance(x, Table):  # it holds its contexts (``context`` must be None)
-        args = (model, config, val_fraction, resume, dev, progress, data_info, callbacks)
-        return _train_table(run, x, *args, context)
+    if isinstance(x, Table):
+        _check_table(x, context)
     if resume:
-        return _resume(run, x, context, model, config, val_fraction, dev, progress, callbacks)
+        saved = _saved_run(run, model, config, val_fraction)
+        if isinstance(x, Table) or saved["info"]["data"].get("split") == COMPUTED:
+            table = x if isinstance(x, Table) else Table.of(x, context)
+            return _resume_table(run, table, saved, config, dev, progress, callbacks)
+        return _resume(run, x, context, saved, config, dev, progress, callbacks)
     if (run / MODEL_CONFIG).exists() or (run / TRAINING_STATE).exists():
         raise FileExistsError(
             f"{run}: already holds a run; resume it, or train into another folder"
         )
+    if isinstance(x, Table):
+        return _new_table(run, x, model, config, val_fraction, dev, progress, data_info, callbacks)
+    return _new_arrays(
+        run, x, context, model, config, val_fraction, dev, progress, data_info, callbacks
+    )
+
+
+def _new_arrays(
+    run, x, context, model, config, val_fraction, device, progress, data_info, callbacks
+) -> tuple[Flow, History]:
+    """A new run on the rows of arrays in memory (a table, or images)."""
     kind = kind_of(model)
     val_fraction = default_val_fraction(len(x)) if val_fraction is None else val_fraction
     config = config or kind.recipe_for(train_shape(x.shape, val_fraction))
     x_train, x_val = split(x, val_fraction, config.seed)
     c_train, c_val = (None, None) if context is None else split(context, val_fraction, config.seed)
     data = {"rows": len(x), "shape": list(x.shape[1:]), "fingerprint": fingerprint(x, context)}
-    info = {
-        "data": {**(data_info or {}), **data, "val_fraction": val_fraction},
-        "train": config.to_dict(),
-    }
+    info = _new_info(data_info, data, val_fraction, config)
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     flow = new_flow(model, x_train, device, c_train)
@@ -287,14 +298,19 @@ def train_run(
     return _fit(run, make_trainer(flow, x_train, x_val, config, outputs, c_train, c_val))
 
 
-def _resume(
-    run, x, context, model, config, val_fraction, device, progress, callbacks
-) -> tuple[Flow, History]:
-    saved = _saved_run(run, model, config, val_fraction)
+def _new_info(
+    data_info: dict[str, Any] | None, data: dict[str, Any], val_fraction: float, config
+) -> dict[str, Any]:
+    """A new run's records: its data (``data_info``, then ``data``) and its recipe."""
+    return {
+        "data": {**(data_info or {}), **data, "val_fraction": val_fraction},
+        "train": config.to_dict(),
+    }
+
+
+def _resume(run, x, context, saved, config, device, progress, callbacks) -> tuple[Flow, History]:
+    """Resume the run ``saved`` (``_saved_run``) on the rows of arrays in memory."""
     info = saved["info"]
-    if info["data"].get("split") == COMPUTED:  # trained from a Table past LARGE rows
-        table = Table.of(x, context)
-        return _resume_table(run, table, model, config, val_fraction, device, progress, callbacks)
     _check_data(run, info, fingerprint(x, context))
     config = _resumed_config(run, saved["state"], config)
     fraction = info["data"]["val_fraction"]
@@ -369,52 +385,44 @@ def _fit(run: Path, trainer: Trainer) -> tuple[Flow, History]:
     return trainer.flow.eval(), history
 
 
-def _train_table(
-    run, table, model, config, val_fraction, resume, device, progress, data_info, callbacks, *more
-) -> tuple[Flow, History]:
-    """``train_run`` on a ``Table``: new or resumed, the rows read where they lie."""
-    if more and more[0] is not None:
+def _check_table(table: Table, context: NDArray | None) -> None:
+    if context is not None:
         raise TypeError("a Table holds its contexts: name their columns in Table.context")
     if isinstance(table.rows, ParquetRows):
         raise ValueError(
             f"{table.rows.source}: a Parquet file gives random rows only by decoding whole row "
             "groups; convert it to a .npy file (realnvp convert) and train on NpyRows"
         )
-    if resume:
-        return _resume_table(run, table, model, config, val_fraction, device, progress, callbacks)
-    if (run / MODEL_CONFIG).exists() or (run / TRAINING_STATE).exists():
-        raise FileExistsError(
-            f"{run}: already holds a run; resume it, or train into another folder"
-        )
+
+
+def _new_table(
+    run, table, model, config, val_fraction, device, progress, data_info, callbacks
+) -> tuple[Flow, History]:
+    """A new run on a ``Table``, its rows read where they lie."""
     n = table.rows.n
     val_fraction = default_val_fraction(n) if val_fraction is None else val_fraction
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"must be in [0, 1), got {val_fraction}", "val_fraction")
-    kind = kind_of(model)
     shape = (n - _held_out(n, val_fraction), len(table.modelled))
-    config = config or kind.recipe_for(shape)
+    config = config or kind_of(model).recipe_for(shape)
     split = RowSplit(n, _held_out(n, val_fraction), config.seed)
     data = {"rows": n, "shape": [shape[1]], "fingerprint": table.fingerprint()}
     data |= {"split": COMPUTED} if split.large else {}
-    info = {
-        "data": {**(data_info or {}), **data, "val_fraction": val_fraction},
-        "train": config.to_dict(),
-    }
+    info = _new_info(data_info, data, val_fraction, config)
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     flow = new_flow(model, summarize(table, split), device)
     return _fit(run, _table_trainer(run, table, split, flow, config, info, progress, callbacks))
 
 
-def _resume_table(
-    run, table, model, config, val_fraction, device, progress, callbacks
-) -> tuple[Flow, History]:
-    saved = _saved_run(run, model, config, val_fraction)
+def _resume_table(run, table, saved, config, device, progress, callbacks) -> tuple[Flow, History]:
+    """Resume the run ``saved`` (``_saved_run``) on a ``Table``, with the split it recorded
+    (numpy's and torch's for a run that records none)."""
     info = saved["info"]
     _check_data(run, info, table.fingerprint())
     config = _resumed_config(run, saved["state"], config)
     n_val = _held_out(table.rows.n, info["data"]["val_fraction"])
-    computed = info["data"].get("split") == COMPUTED  # runs before it: numpy's and torch's
+    computed = info["data"].get("split") == COMPUTED
     split = RowSplit(table.rows.n, n_val, config.seed, computed)
     flow = saved["flow"].to(device)
     trainer = _table_trainer(run, table, split, flow, config, info, progress, callbacks)
