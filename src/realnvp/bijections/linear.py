@@ -7,7 +7,6 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from realnvp.bijections.base import Bijection
 from realnvp.errors import ConfigError
@@ -92,10 +91,13 @@ class InvertibleConv1x1(Bijection):
 
 
 def _mix(x: Tensor, w: Tensor) -> Tensor:
-    """``w`` applied to dimension 1 of ``x`` at every other index."""
+    """``w`` applied to dimension 1 of ``x`` at every other index, as a matrix product: a 1x1
+    ``conv2d`` would run in TF32 on a CUDA GPU by default (``torch.backends.cudnn.allow_tf32``),
+    a map about 1e-3 away from the ``W`` whose log-det is counted and whose inverse decodes (a
+    round trip of the image model was 0.6 off on an H200); float32 matrix products stay float32
+    unless the user asks otherwise (``torch.set_float32_matmul_precision``), and on the CPU
+    this is also 1.9 to 5.6 times faster than the convolution."""
     w = w.to(x.dtype)
     if x.dim() == 2:
         return x @ w.T
-    if x.dim() == 4:
-        return F.conv2d(x, w[:, :, None, None])
     return torch.einsum("ij,bj...->bi...", w, x)
