@@ -162,6 +162,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from c2st_batched import c2st_many
 from numpy.typing import NDArray
 from records import log, versions
 from sbibm_tasks import (
@@ -202,6 +203,8 @@ PAPER_NPE: dict[tuple[str, int], tuple[float, float]] = {
 }
 
 #: the C2ST each task uses by default (``--c2st auto``): see the module docstring for why
+#: how the report names a record's C2ST engine (records before the batched engine had none)
+ENGINE_NOTE = {"sklearn": "", "batched": " (batched fits)"}
 DEFAULT_C2ST = {"two_moons": "exact", "gaussian_linear": "fast", "slcp": "fast"}
 
 #: ``realnvp``: the affine model of the first runs, one setting for every task (see the module
@@ -649,6 +652,50 @@ def c2st_method(method: str, ref: NDArray, draws: NDArray, n_jobs: int = 1) -> f
     return c2st_score(ref, draws, fast=method == "fast", n_jobs=n_jobs)
 
 
+def score_observations(
+    method: str, engine: str, refs: list[NDArray], draws: list[NDArray], n_jobs: int = 1
+) -> tuple[list[float], list[float], float]:
+    """The C2ST ``method`` of each observation's reference samples against its draws, the
+    seconds of each and the CPU seconds of all. ``engine`` ``sklearn`` fits sbibm's classifiers
+    one by one; ``batched`` (``c2st_batched``) fits the same classifiers for all observations
+    at once, and each observation is given an equal share of the seconds."""
+    if engine == "batched":
+        pairs = list(zip(refs, draws, strict=True))
+        scores, s = timed(lambda: c2st_many(pairs, seed=C2ST_SEED, fast=method == "fast"))
+        return scores, [s / len(refs)] * len(refs), CPU_SECONDS[-1]
+    scores, seconds, cpu = [], [], 0.0
+    for ref, drawn in zip(refs, draws, strict=True):
+        score, s = timed(partial(c2st_method, method, ref, drawn, n_jobs))
+        scores.append(score)
+        seconds.append(s)
+        cpu += CPU_SECONDS[-1]
+    return scores, seconds, cpu
+
+
+def c2st_checks(
+    method: str, engine: str, refs: dict[int, NDArray], draws: list[NDArray],
+    scores: list[float], seconds: list[float], args: argparse.Namespace,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    """On the first ``--check-observations``: the other C2ST method by scikit-learn
+    (``--check-c2st``), and the same method by scikit-learn when the scores came from the
+    batched engine (``--check-engine``)."""
+    methods, engines = [], []
+    cases = zip(refs, refs.values(), draws, scores, seconds, strict=True)
+    for i, ref, drawn, score, s in list(cases)[: args.check_observations]:
+        if args.check_c2st:
+            other = "fast" if method == "exact" else "exact"
+            score2, s2 = timed(partial(c2st_method, other, ref, drawn, args.threads))
+            pair = {method: score, other: score2, f"{method}_s": s, f"{other}_s": s2}
+            methods.append({"obs": i, **pair, "fast_minus_exact": pair["fast"] - pair["exact"]})
+        if args.check_engine and engine == "batched":
+            again, s2 = timed(partial(c2st_method, method, ref, drawn, args.threads))
+            engines.append(
+                {"obs": i, "method": method, "batched": score, "sklearn": again,
+                 "sklearn_s": s2, "batched_minus_sklearn": score - again}
+            )  # fmt: skip
+    return methods, engines
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``fn()`` and its wall-clock seconds; the process's CPU seconds go to ``CPU_SECONDS``."""
     start, cpu = time.perf_counter(), time.process_time()
@@ -731,25 +778,21 @@ def run_one(
     info.seconds = train_s
     cpu = {"train": CPU_SECONDS[-1], "sample": 0.0, "c2st": 0.0}
     method = args.c2st if args.c2st != "auto" else DEFAULT_C2ST[task.name]
-    other = "fast" if method == "exact" else "exact"
-    jobs = args.threads
-    scores, accept, sample_s, c2st_s, check = [], [], [], [], []
-    for i, ref in refs.items():
+    draws, accept, sample_s = [], [], []
+    for i in refs:
         torch.manual_seed(1000 * seed + i)
-        x_o = observation(task, i)
-        (draws, rate), s = timed(partial(sample_posterior, est, task, x_o, NUM_SAMPLES))
+        (drawn, rate), s = timed(
+            partial(sample_posterior, est, task, observation(task, i), NUM_SAMPLES)
+        )
+        draws.append(drawn)
         accept.append(rate)
         sample_s.append(s)
         cpu["sample"] += CPU_SECONDS[-1]
-        score, s = timed(partial(c2st_method, method, ref, draws, jobs))
-        scores.append(score)
-        c2st_s.append(s)
-        cpu["c2st"] += CPU_SECONDS[-1]
-        if args.check_c2st and len(check) < args.check_observations:
-            score2, s2 = timed(partial(c2st_method, other, ref, draws, jobs))
-            pair = {method: score, other: score2, f"{method}_s": s, f"{other}_s": s2}
-            pair[f"{method}_cpu_s"], pair[f"{other}_cpu_s"] = CPU_SECONDS[-2], CPU_SECONDS[-1]
-            check.append({"obs": i, **pair, "fast_minus_exact": pair["fast"] - pair["exact"]})
+    engine = args.c2st_engine
+    refs_list = list(refs.values())
+    scores, c2st_s, cpu["c2st"] = score_observations(method, engine, refs_list, draws, args.threads)
+    check, engine_check = c2st_checks(method, engine, refs, draws, scores, c2st_s, args)
+    for i, score, s, rate in zip(refs, scores, c2st_s, accept, strict=True):
         print(
             f"  {task.name} {name} obs {i}: c2st {score:.4f} ({method}, {s:.1f} s), "
             f"acceptance {rate:.3f}",
@@ -776,7 +819,9 @@ def run_one(
         "seed": seed,
         "observations": list(refs),
         "c2st_method": method,
-        "c2st_jobs": jobs,
+        "c2st_jobs": args.threads,
+        "c2st_engine": engine,
+        "c2st_engine_check": engine_check,
         "c2st": scores,
         "c2st_mean": statistics.mean(scores),
         "c2st_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
@@ -870,7 +915,9 @@ def report(records: list[dict[str, Any]]) -> str:
     ):
         rs.sort(key=lambda r: (ESTIMATORS.index(r["estimator"]), r["seed"]))
         n_obs = sorted({len(r["c2st"]) for r in rs})
-        methods = sorted({r["c2st_method"] for r in rs})
+        methods = sorted(
+            {r["c2st_method"] + ENGINE_NOTE[r.get("c2st_engine", "sklearn")] for r in rs}
+        )
         lines += [
             f"### {task}, {budget:,} simulations, recipe {how} ({'/'.join(methods)} C2ST, "
             f"{'/'.join(map(str, n_obs))} observations; mean ± std over observations)",
@@ -909,16 +956,39 @@ def report(records: list[dict[str, Any]]) -> str:
                 f"| {c['fast']:.4f} | {c['fast_minus_exact']:+.4f} | {c['exact_s']:.1f} "
                 f"| {c['fast_s']:.1f} |"
             )
-        lines.append("")
-        for task in TASKS:
-            diffs = [c["fast_minus_exact"] for r, c in checks if r["task"] == task]
-            if diffs:
-                lines.append(
-                    f"- {task}: {len(diffs)} cases, fast - exact mean "
-                    f"{statistics.mean(diffs):+.4f}, from {min(diffs):+.4f} to {max(diffs):+.4f}."
-                )
-        lines.append("")
+        lines += ["", *check_summary(checks, "fast_minus_exact", "fast - exact"), ""]
+    engines = [(r, c) for r in records for c in r.get("c2st_engine_check", [])]
+    if engines:
+        lines += [
+            "### batched vs scikit-learn fits of the same C2ST (same samples)",
+            "",
+            "| task | estimator | obs | C2ST | scikit-learn | batched | batched - sklearn "
+            "| sklearn s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r, c in engines:
+            lines.append(
+                f"| {r['task']} | {r['estimator']} | {c['obs']} | {c['method']} "
+                f"| {c['sklearn']:.4f} | {c['batched']:.4f} | {c['batched_minus_sklearn']:+.4f} "
+                f"| {c['sklearn_s']:.1f} |"
+            )
+        lines += ["", *check_summary(engines, "batched_minus_sklearn", "batched - sklearn"), ""]
     return "\n".join(lines)
+
+
+def check_summary(
+    checks: list[tuple[dict[str, Any], dict[str, Any]]], key: str, what: str
+) -> list[str]:
+    """Per task: how many cases, and the mean and range of ``key``."""
+    lines = []
+    for task in TASKS:
+        diffs = [c[key] for r, c in checks if r["task"] == task]
+        if diffs:
+            lines.append(
+                f"- {task}: {len(diffs)} cases, {what} mean {statistics.mean(diffs):+.4f}, "
+                f"from {min(diffs):+.4f} to {max(diffs):+.4f}."
+            )
+    return lines
 
 
 def best_line(rs: list[dict[str, Any]]) -> str:
@@ -1020,7 +1090,15 @@ def run_parallel(args: argparse.Namespace) -> list[dict[str, Any]]:
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_one_run, args, t, e) for t, e in units]
         records = [r for f in futures for r in f.result()]
-    print(f"all {len(units)} runs: {time.perf_counter() - start:.0f} s wall clock", flush=True)
+    seconds = time.perf_counter() - start
+    print(f"all {len(units)} runs: {seconds:.0f} s wall clock", flush=True)
+    log(
+        args.out,
+        {"kind": "jobs", "jobs": args.jobs, "tasks": args.tasks, "budgets": args.budgets,
+         "estimators": args.estimators, "c2st_engine": args.c2st_engine,
+         "ema": args.ema, "weight_decay": args.weight_decay, "seconds": seconds,
+         "time": time.strftime("%Y-%m-%d %H:%M"), "versions": versions()},
+    )  # fmt: skip
     return records
 
 
@@ -1046,6 +1124,17 @@ def main() -> None:
         "--observations", type=int, default=NUM_OBSERVATIONS, help="score observations 1..N"
     )
     parser.add_argument("--c2st", choices=("auto", "exact", "fast"), default="auto")
+    parser.add_argument(
+        "--c2st-engine",
+        choices=("batched", "sklearn"),
+        default="batched",
+        help="fit sbibm's C2ST classifiers all at once in torch (c2st_batched.py), or one by one",
+    )
+    parser.add_argument(
+        "--check-engine",
+        action="store_true",
+        help="also score the first --check-observations with scikit-learn, for comparison",
+    )
     parser.add_argument(
         "--check-c2st", action="store_true", help="also score the other C2ST, for comparison"
     )
