@@ -12,9 +12,10 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
     | tee -a "$out/gpu.txt"
 python3 -m pytest -q -n0 -p no:cacheprovider -o addopts="" -k "cuda" \
     tests/test_cuda.py tests/test_flows.py 2>&1 | tee "$out/cuda_tests.txt" | tail -15
-# the paper's batch of 64 first, compiled bf16 before compiled fp32 (compiling takes minutes);
-# then a GPU-sized batch of 256
-python3 benchmarks/gpu_images.py --out "$out/gpu_images.jsonl" \
-    --settings "eager fp32" "eager bf16" "compile bf16" "compile fp32"
+# the paper's CIFAR-10 model (2 scales) at its batch of 64, eager, then compiled in bf16 with a
+# time limit (compiling the 4-scale model had not finished after 7 minutes); then a GPU-sized
+# batch of 256
+python3 benchmarks/gpu_images.py --out "$out/gpu_images.jsonl" --settings "eager fp32" "eager bf16"
+timeout 300 python3 benchmarks/gpu_images.py --out "$out/gpu_images.jsonl" --settings "compile bf16"
 python3 benchmarks/gpu_images.py --out "$out/gpu_images.jsonl" --batch-size 256 \
-    --settings "eager bf16" "compile bf16"
+    --settings "eager fp32" "eager bf16"
