@@ -177,7 +177,7 @@ from sbibm_tasks import (
 from torch import Tensor, nn
 
 from realnvp.config import TrainConfig
-from realnvp.training.loop import batch_indices, make_optimizer
+from realnvp.training.loop import batch_indices, flushed_denormals, make_optimizer
 from realnvp.training.runs import fit_data, split
 
 ESTIMATORS = (
@@ -429,14 +429,15 @@ class PeerEstimator(Estimator):
         self.log_jacobian = float(np.log(self.t_std).sum())
         torch.manual_seed(seed)
         self.net = self.build()
-        info = train_peer(
-            self.net,
-            self.log_prob_z,
-            (self._theta_z(theta_train), self._x_z(x_train)),
-            (self._theta_z(theta_val), self._x_z(x_val)),
-            protocol,
-            seed,
-        )
+        with flushed_denormals():  # as realnvp's Trainer trains: the same for every library
+            info = train_peer(
+                self.net,
+                self.log_prob_z,
+                (self._theta_z(theta_train), self._x_z(x_train)),
+                (self._theta_z(theta_val), self._x_z(x_val)),
+                protocol,
+                seed,
+            )
         info.best_val_nll += self.log_jacobian  # in theta's units, as realnvp reports it
         self.net.eval()
         return info
