@@ -84,9 +84,14 @@ z-scored, an MLP with 2 hidden layers of 10 * dim trained by adam until its trai
 stalls (max_iter 10,000), 5-fold cross-validated accuracy, classifier seed 1. ``fast`` is the
 same with sklearn's early stopping on (``early_stopping=True, validation_fraction=0.1,
 n_iter_no_change=10``). Defaults (``--c2st auto``): two_moons ``exact``; slcp and
-gaussian_linear ``fast``. With ``--threads`` 2 or more the 5 folds are fitted in that many
-worker processes (sklearn's ``cross_val_score(n_jobs=...)``: the same score; 5 folds on 2
-workers should take 3/5 of the time: not measured, the smoke runs kept to one process).
+gaussian_linear ``fast``. ``--c2st-engine batched`` (the default) fits those same classifiers for
+all 10 observations at once (``c2st_batched.py``: scikit-learn's initialisation, shuffles,
+gradients, Adam and stopping rules written out as batched torch products; the statistic is the
+same, only the rounding of the products differs); ``sklearn`` fits them one by one, with
+``--threads`` 2 or more its 5 folds in that many worker processes (``cross_val_score(n_jobs)``).
+``--check-engine`` scores the first ``--check-observations`` with scikit-learn too. On 10
+two_moons observations the batched exact C2ST took 54 s of one core, against 42-62 s per
+observation by scikit-learn.
 The check (``--check-c2st``: the other C2ST too on the first ``--check-observations`` of each
 run, on the same samples; 12 cases, smoke runs, one thread, a shared machine):
 - 2-D (two_moons, 8 cases, two observations per estimator): fast - exact from +0.003 to
@@ -129,18 +134,14 @@ one-thread processes):
         --out /tmp/check.jsonl   # the fast-vs-exact check on two_moons
 
 Time. Each record holds its run's seconds, measured in one thread while one other such run
-shared the 2-core machine (``seconds``, and ``cpu_seconds`` per part). At 10,000 simulations,
-10 observations, recipe ema: the whole table (15 runs of 6 estimators) took 8,629 s of one thread;
-realnvp_default and zuko_nsf alone 4,102 s (realnvp_default's two_moons run 1,175 s: 717 s of
-training, 421 s of exact C2ST). Scheduled as ``--jobs 2`` schedules them (longest task first,
-the next run to whichever process is free), those records add up to about 37 minutes of wall
-clock for realnvp_default and zuko_nsf and 57 minutes for the four estimators of the command
-above: a projection from the records, not a timed ``--jobs`` run, and over the 30 minutes
-aimed at. Half the time is sbibm's C2ST (an MLP trained in scikit-learn until its loss stalls:
-about 45 s per observation on two_moons, where the early-stopped ``fast`` variant would
-reorder the estimators; see C2ST above: 42-62 s per observation there, by estimator);
-``--observations 4`` scores the first four
-observations only, in about half the time.
+shared the 2-core machine (``seconds``, and ``cpu_seconds`` per part); a ``--jobs`` command
+also records its wall clock (``"kind": "jobs"``; ``sbi_npe_summary.py`` lists them). Before
+the batched C2ST, the records projected 57 minutes for the command above (half of it sbibm's
+C2ST, fitted one classifier at a time). Its first timed run (2026-11-29) took 54.9 minutes:
+the C2ST had fallen to under a minute per (task, estimator), but realnvp_default's two_moons
+training took 3,150 s instead of ~700, its steps slowing from 62 to 510 ms as weights decayed
+into the denormal range (fixed: training flushes denormals, ``realnvp.training.loop.
+flushed_denormals``, the peers' loop too). The rerun's wall clock is the last ``jobs`` record.
 """
 
 from __future__ import annotations
@@ -944,52 +945,52 @@ def report(records: list[dict[str, Any]]) -> str:
             )
         lines += ["", best_line(rs), ""]
     checks = [(r, c) for r in records for c in r.get("c2st_check", [])]
-    if checks:
-        lines += [
-            "### fast vs exact C2ST (same samples)",
-            "",
-            "| task | estimator | obs | exact | fast | fast - exact | exact s | fast s |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r, c in checks:
-            lines.append(
-                f"| {r['task']} | {r['estimator']} | {c['obs']} | {c['exact']:.4f} "
-                f"| {c['fast']:.4f} | {c['fast_minus_exact']:+.4f} | {c['exact_s']:.1f} "
-                f"| {c['fast_s']:.1f} |"
-            )
-        lines += ["", *check_summary(checks, "fast_minus_exact", "fast - exact"), ""]
+    lines += check_section(
+        "fast vs exact C2ST (same samples)",
+        ["task", "estimator", "obs", "exact", "fast", "fast - exact", "exact s", "fast s"],
+        checks,
+        lambda c: [f"{c['exact']:.4f}", f"{c['fast']:.4f}", f"{c['fast_minus_exact']:+.4f}",
+                   f"{c['exact_s']:.1f}", f"{c['fast_s']:.1f}"],
+        "fast_minus_exact",
+    )  # fmt: skip
     engines = [(r, c) for r in records for c in r.get("c2st_engine_check", [])]
-    if engines:
-        lines += [
-            "### batched vs scikit-learn fits of the same C2ST (same samples)",
-            "",
-            "| task | estimator | obs | C2ST | scikit-learn | batched | batched - sklearn "
-            "| sklearn s |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r, c in engines:
-            lines.append(
-                f"| {r['task']} | {r['estimator']} | {c['obs']} | {c['method']} "
-                f"| {c['sklearn']:.4f} | {c['batched']:.4f} | {c['batched_minus_sklearn']:+.4f} "
-                f"| {c['sklearn_s']:.1f} |"
-            )
-        lines += ["", *check_summary(engines, "batched_minus_sklearn", "batched - sklearn"), ""]
+    lines += check_section(
+        "batched vs scikit-learn fits of the same C2ST (same samples)",
+        ["task", "estimator", "obs", "C2ST", "scikit-learn", "batched", "batched - sklearn",
+         "sklearn s"],
+        engines,
+        lambda c: [c["method"], f"{c['sklearn']:.4f}", f"{c['batched']:.4f}",
+                   f"{c['batched_minus_sklearn']:+.4f}", f"{c['sklearn_s']:.1f}"],
+        "batched_minus_sklearn",
+    )  # fmt: skip
     return "\n".join(lines)
 
 
-def check_summary(
-    checks: list[tuple[dict[str, Any], dict[str, Any]]], key: str, what: str
+def check_section(
+    title: str,
+    columns: list[str],
+    cases: list[tuple[dict[str, Any], dict[str, Any]]],
+    cells: Callable[[dict[str, Any]], list[str]],
+    key: str,
 ) -> list[str]:
-    """Per task: how many cases, and the mean and range of ``key``."""
-    lines = []
+    """A Markdown table of C2ST check cases (task, estimator, observation, then ``cells``) and,
+    per task, the mean and range of ``key``; nothing when there are no cases."""
+    if not cases:
+        return []
+    lines = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r, c in cases:
+        row = [r["task"], r["estimator"], str(c["obs"]), *cells(c)]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    what = key.replace("_minus_", " - ")
     for task in TASKS:
-        diffs = [c[key] for r, c in checks if r["task"] == task]
+        diffs = [c[key] for r, c in cases if r["task"] == task]
         if diffs:
             lines.append(
                 f"- {task}: {len(diffs)} cases, {what} mean {statistics.mean(diffs):+.4f}, "
                 f"from {min(diffs):+.4f} to {max(diffs):+.4f}."
             )
-    return lines
+    return [*lines, ""]
 
 
 def best_line(rs: list[dict[str, Any]]) -> str:

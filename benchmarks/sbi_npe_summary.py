@@ -12,6 +12,7 @@ from github.com/sbi-benchmark/results, ``benchmarking_sbi/results/main_paper.csv
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 
@@ -39,6 +40,7 @@ def main(path: str) -> None:
         table(runs, budget, how)
         print()
     projections(runs)
+    measured(path)
     recipes(runs)
     print("| task, simulations, recipe | " + " | ".join(f"{e} calib. err." for e in names) + " |")
     print("|---|" + "---|" * len(names))
@@ -157,6 +159,21 @@ def projections(runs: dict) -> None:
                 f"{minutes:.1f} min projected from the records"
             )
     print()
+
+
+def measured(path: str) -> None:
+    """The wall clock of each ``sbi_npe.py --jobs`` command as it ran (its ``jobs`` record)."""
+    with open(path) as f:
+        records = [json.loads(line) for line in f if '"kind": "jobs"' in line]
+    for r in records:
+        print(
+            f"- --jobs {r['jobs']}, {', '.join(f'{b:,}' for b in r['budgets'])} simulations, "
+            f"ema {r['ema']}, wd {r['weight_decay']}, {' + '.join(r['estimators'])} on "
+            f"{', '.join(r['tasks'])}, C2ST engine {r['c2st_engine']}: "
+            f"{r['seconds'] / 60:.1f} min measured ({r['time']})"
+        )
+    if records:
+        print()
 
 
 if __name__ == "__main__":
