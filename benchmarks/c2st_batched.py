@@ -37,9 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from sbibm_tasks import z_scored
 from torch import Tensor
 
 ALPHA, LR, BETA1, BETA2, EPS, TOL, NO_CHANGE, BATCH = 1e-4, 1e-3, 0.9, 0.999, 1e-8, 1e-4, 10, 200
+MAX_ITER = 10_000  # sbibm's max_iter: epochs
 
 
 @dataclass
@@ -77,7 +79,7 @@ def c2st_many(
 
     groups: dict[tuple[int, int, int], list[tuple[int, NDArray, NDArray, NDArray, NDArray]]] = {}
     for k, (a, b) in enumerate(pairs):
-        x, y = _z_scored(a, b)
+        x, y = z_scored(a, b)
         data = np.concatenate([x, y])
         target = np.concatenate([np.zeros(len(x)), np.ones(len(y))]).astype(np.float32)
         for train, test in KFold(n_folds, shuffle=True, random_state=seed).split(data):
@@ -90,14 +92,6 @@ def c2st_many(
             accuracy[k, filled[k]] = score
             filled[k] += 1
     return [float(s) for s in accuracy.mean(axis=1)]
-
-
-def _z_scored(a: NDArray, b: NDArray) -> tuple[NDArray, NDArray]:
-    """sbibm's z-scoring in float32 by ``a``'s mean and unbiased std (``torch.std``)."""
-    x = torch.as_tensor(np.asarray(a), dtype=torch.float32)
-    y = torch.as_tensor(np.asarray(b), dtype=torch.float32)
-    mean, std = x.mean(0), x.std(0)
-    return ((x - mean) / std).numpy(), ((y - mean) / std).numpy()
 
 
 def _start(members: list, d: int, seed: int, fast: bool) -> _Fits:
@@ -143,30 +137,30 @@ def _start(members: list, d: int, seed: int, fast: bool) -> _Fits:
 
 
 def _train(fits: _Fits) -> list[float]:
-    """Adam epochs until every classifier has stopped; each one's test accuracy when it stops
-    (with its best weights when early-stopped, as sklearn restores them)."""
+    """Adam epochs until every classifier has stopped (or ``MAX_ITER``); each one's test
+    accuracy when it stops, with its best weights when early-stopped, as sklearn restores them."""
     m, n = fits.x.shape[:2]
     adam = _Adam(fits.params)
     fast = fits.x_val is not None
     best = torch.full((m,), -math.inf if fast else math.inf, dtype=torch.float64)
-    kept = [p.clone() for p in fits.params]  # fast: the best weights so far
+    kept = [p.clone() for p in fits.params] if fast else None  # the best weights so far
     stalled = torch.zeros(m, dtype=torch.long)
     live = torch.arange(m)  # the classifiers still training (rows of fits' tensors)
     scores = [math.nan] * m
     sizes = torch.tensor([min(BATCH, n - i) for i in range(0, n, BATCH)], dtype=torch.float64)
-    for _ in range(10_000):  # max_iter
+    for epoch in range(MAX_ITER):
         for j, stream in enumerate(fits.streams):  # sklearn.utils.shuffle(sample_idx, stream)
             perm = np.arange(n)
             stream.shuffle(perm)
             fits.order[j] = fits.order[j][perm]
-        epoch = torch.from_numpy(fits.order)[..., None]
-        x = torch.gather(fits.x, 1, epoch.expand(-1, -1, fits.x.shape[2]))
-        y = torch.gather(fits.y, 1, epoch)
+        rows = torch.from_numpy(fits.order)[..., None]
+        x = torch.gather(fits.x, 1, rows.expand(-1, -1, fits.x.shape[2]))
+        y = torch.gather(fits.y, 1, rows)
         losses = [
             adam.step(fits.params, x[:, i : i + BATCH], y[:, i : i + BATCH])
             for i in range(0, n, BATCH)
         ]
-        if fast:  # _update_no_improvement_count on the validation accuracy
+        if kept is not None:  # _update_no_improvement_count on the validation accuracy
             value = _accuracy(fits.params, fits.x_val, fits.y_val).double()  # type: ignore[arg-type]
             worse = value < best + TOL
             better = value > best
@@ -178,24 +172,19 @@ def _train(fits: _Fits) -> list[float]:
             worse = value > best - TOL
             best = torch.minimum(best, value)
         stalled = torch.where(worse, stalled + 1, torch.zeros_like(stalled))
-        done = stalled > NO_CHANGE
+        done = (stalled > NO_CHANGE) | (epoch == MAX_ITER - 1)
         if bool(done.any()):
-            final = [k[done] for k in kept] if fast else [p[done] for p in fits.params]
+            final = [w[done] for w in (fits.params if kept is None else kept)]
             accuracy = _accuracy(final, fits.x_test[done], fits.y_test[done])
             for j, acc in zip(live[done].tolist(), accuracy.tolist(), strict=True):
                 scores[j] = acc
             stay = ~done
             live, best, stalled = live[stay], best[stay], stalled[stay]
-            kept = [k[stay] for k in kept]
+            kept = None if kept is None else [k[stay] for k in kept]
             fits = fits.keep(stay)
             adam.keep(stay)
         if len(live) == 0:
-            return scores
-    final = kept if fast else fits.params
-    for j, acc in zip(
-        live.tolist(), _accuracy(final, fits.x_test, fits.y_test).tolist(), strict=True
-    ):
-        scores[j] = acc
+            break
     return scores
 
 
@@ -214,11 +203,9 @@ class _Adam:
     def step(self, params: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
         """One batch for every classifier (updating ``params`` in place); returns each one's
         batch loss, the log loss plus ``alpha / 2 * sum(W^2) / batch``."""
-        w1, w2, w3, b1, b2, b3 = params
+        w1, w2, w3 = params[:3]
         size = x.shape[1]
-        a1 = torch.relu(torch.baddbmm(b1[:, None], x, w1))
-        a2 = torch.relu(torch.baddbmm(b2[:, None], a1, w2))
-        p = torch.sigmoid(torch.baddbmm(b3[:, None], a2, w3))
+        a1, a2, p = _forward(params, x)
         eps = torch.finfo(p.dtype).eps
         q = p.clamp(eps, 1 - eps)
         log_loss = -torch.log(torch.where(y > 0, q, 1 - q)).mean(dim=(1, 2))
@@ -247,19 +234,20 @@ class _Adam:
         return loss
 
 
-def _accuracy(params: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
-    """Each classifier's accuracy on its rows: 1 predicted where p > 0.5 (sklearn's
-    ``LabelBinarizer`` threshold)."""
+def _forward(params: list[Tensor], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each classifier's hidden activations and its probability of label 1 (relu, relu,
+    logistic: sklearn's ``_forward_pass``)."""
     w1, w2, w3, b1, b2, b3 = params
     a1 = torch.relu(torch.baddbmm(b1[:, None], x, w1))
     a2 = torch.relu(torch.baddbmm(b2[:, None], a1, w2))
-    p = torch.sigmoid(torch.baddbmm(b3[:, None], a2, w3))
+    return a1, a2, torch.sigmoid(torch.baddbmm(b3[:, None], a2, w3))
+
+
+def _accuracy(params: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
+    """Each classifier's accuracy on its rows: 1 predicted where p > 0.5 (sklearn's
+    ``LabelBinarizer`` threshold)."""
+    p = _forward(params, x)[2]
     return ((p > 0.5).float() == y).float().mean(dim=(1, 2))
-
-
-#: the C2ST sbi_npe.py gives each task by default: sbibm's own on two_moons, early-stopped on
-#: the others
-FAST = {"two_moons": False, "slcp": True, "gaussian_linear": True}
 
 
 def check(tasks: list[str], scales: list[float], seeds: list[int], out: Path | None) -> None:
@@ -268,9 +256,11 @@ def check(tasks: list[str], scales: list[float], seeds: list[int], out: Path | N
     scale (times the posterior's std), and scikit-learn again with other classifier seeds: the
     spread any difference between the engines should be read against."""
     from records import log, versions
+    from sbi_npe import DEFAULT_C2ST
     from sbibm_tasks import c2st, reference_samples
 
     for task in tasks:
+        fast = DEFAULT_C2ST[task] == "fast"
         ref = reference_samples(task, 1)
         rng = np.random.default_rng(0)
         half = len(ref) // 2
@@ -278,14 +268,14 @@ def check(tasks: list[str], scales: list[float], seeds: list[int], out: Path | N
         std = ref.std(0)
         pairs = [(a, b0 + s * std * rng.standard_normal(b0.shape)) for s in scales]
         start = time.perf_counter()
-        batched = c2st_many(pairs, fast=FAST[task])
+        batched = c2st_many(pairs, fast=fast)
         batched_s = time.perf_counter() - start
         for s, (a_, b_), ours in zip(scales, pairs, batched, strict=True):
             start = time.perf_counter()
-            sklearn = {seed: c2st(a_, b_, seed=seed, fast=FAST[task]) for seed in seeds}
+            sklearn = {seed: c2st(a_, b_, seed=seed, fast=fast) for seed in seeds}
             record = {
                 "task": task,
-                "method": "fast" if FAST[task] else "exact",
+                "method": DEFAULT_C2ST[task],
                 "noise": s,
                 "batched": ours,
                 "sklearn_by_seed": sklearn,

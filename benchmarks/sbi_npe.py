@@ -203,9 +203,10 @@ PAPER_NPE: dict[tuple[str, int], tuple[float, float]] = {
     ("slcp", 100_000): (0.831, 0.052),
 }
 
-#: the C2ST each task uses by default (``--c2st auto``): see the module docstring for why
 #: how the report names a record's C2ST engine (records before the batched engine had none)
 ENGINE_NOTE = {"sklearn": "", "batched": " (batched fits)"}
+
+#: the C2ST each task uses by default (``--c2st auto``): see the module docstring for why
 DEFAULT_C2ST = {"two_moons": "exact", "gaussian_linear": "fast", "slcp": "fast"}
 
 #: ``realnvp``: the affine model of the first runs, one setting for every task (see the module

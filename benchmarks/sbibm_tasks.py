@@ -360,6 +360,17 @@ def reference_samples(task: str | Task, i: int) -> np.ndarray:
 EARLY_STOPPING = {"early_stopping": True, "validation_fraction": 0.1, "n_iter_no_change": 10}
 
 
+def z_scored(
+    a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """sbibm's z-scoring for the C2ST: both samples in float32, by ``a``'s mean and unbiased
+    (``torch.std``) standard deviation."""
+    x = torch.as_tensor(a, dtype=torch.float32)
+    y = torch.as_tensor(b, dtype=torch.float32)
+    mean, std = torch.mean(x, dim=0), torch.std(x, dim=0)
+    return ((x - mean) / std).cpu().numpy(), ((y - mean) / std).cpu().numpy()
+
+
 def c2st(
     a: np.ndarray | torch.Tensor,
     b: np.ndarray | torch.Tensor,
@@ -396,15 +407,11 @@ def c2st(
     from sklearn.model_selection import KFold, cross_val_score
     from sklearn.neural_network import MLPClassifier
 
-    x = torch.as_tensor(a, dtype=torch.float32)
-    y = torch.as_tensor(b, dtype=torch.float32)
     if z_score:
-        mean = torch.mean(x, dim=0)
-        std = torch.std(x, dim=0)
-        x = (x - mean) / std
-        y = (y - mean) / std
-    xn = x.cpu().numpy()
-    yn = y.cpu().numpy()
+        xn, yn = z_scored(a, b)
+    else:
+        xn = torch.as_tensor(a, dtype=torch.float32).cpu().numpy()
+        yn = torch.as_tensor(b, dtype=torch.float32).cpu().numpy()
     ndim = xn.shape[1]
     clf = MLPClassifier(
         activation="relu",
