@@ -41,6 +41,7 @@ def main(path: str) -> None:
         print()
     projections(runs)
     measured(path)
+    repeats(path)
     recipes(runs)
     print("| task, simulations, recipe | " + " | ".join(f"{e} calib. err." for e in names) + " |")
     print("|---|" + "---|" * len(names))
@@ -159,6 +160,29 @@ def projections(runs: dict) -> None:
                 f"{minutes:.1f} min projected from the records"
             )
     print()
+
+
+def repeats(path: str) -> None:
+    """Every run of a setting that ran more than once (the same task, budget, estimator, recipe
+    and seed; the tables above show the last), oldest first: how much one setting moves."""
+    with open(path) as f:
+        records = [json.loads(line) for line in f if '"kind": "run"' in line]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        key = (r["task"], r["budget"], r["estimator"], recipe(r), r["seed"])
+        groups.setdefault(key, []).append(r)
+    lines = []
+    for (task, budget, name, how, seed), rs in groups.items():
+        if len(rs) > 1:
+            runs = "; ".join(
+                f"{r['c2st_mean']:.3f} (epochs {r['train']['epochs']}, training "
+                f"{r['train']['seconds']:.0f} s, {r['time']})"
+                for r in rs
+            )
+            lines.append(f"- {task}, {budget:,}, {how}, {name}, seed {seed}: {runs}")
+    if lines:
+        print("Runs of the same setting (C2ST, oldest first):\n")
+        print("\n".join(lines) + "\n")
 
 
 def measured(path: str) -> None:
