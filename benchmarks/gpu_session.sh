@@ -19,3 +19,5 @@ python3 benchmarks/gpu_images.py --out "$out/gpu_images.jsonl" --settings "eager
 timeout 300 python3 benchmarks/gpu_images.py --out "$out/gpu_images.jsonl" --settings "compile bf16"
 python3 benchmarks/gpu_images.py --out "$out/gpu_images.jsonl" --batch-size 256 \
     --settings "eager fp32" "eager bf16"
+# cuDNN's TF32 default and a float32 round trip (tests/test_cuda.py turns TF32 off for its check)
+python3 benchmarks/gpu_tf32.py | tee "$out/gpu_tf32.txt"
