@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import weight_norm
 
 from realnvp import collectives
 from realnvp.errors import ConfigError
@@ -120,10 +122,55 @@ class BatchNorm2d(nn.BatchNorm2d):
 CONV_MEMORY_FORMAT = torch.channels_last
 
 
+class _WeightNormParameters(nn.Module):
+    """A weight norm's magnitudes ``g`` and directions ``v``, named as the parametrization names
+    them."""
+
+    def __init__(self, g: Tensor, v: Tensor):
+        super().__init__()
+        self.original0 = nn.Parameter(g)
+        self.original1 = nn.Parameter(v)
+
+
+class WeightNormConv2d(nn.Module):
+    """A weight-normalized convolution (Salimans and Kingma 2016), as in the paper's ResNets:
+    ``w = g v / ||v||``, one magnitude ``g`` per output channel, same padding.
+
+    Its parameters are initialised and named as ``torch.nn.utils.parametrizations.weight_norm``
+    on an ``nn.Conv2d`` names them (``bias``, ``parametrizations.weight.original0`` = g,
+    ``.original1`` = v, in that order) and ``w`` is computed by the same kernel, so runs saved
+    with that parametrization load and give the same figures. It is a plain module: the
+    parametrization makes each convolution an instance of its own generated class, which cost
+    Python time on every call and kept ``torch.compile`` from sharing one graph between ResNets.
+
+    Examples:
+        >>> conv = WeightNormConv2d(2, 4)
+        >>> conv(torch.randn(1, 2, 5, 5)).shape
+        torch.Size([1, 4, 5, 5])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__()
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size)  # torch's initialisation
+        self.padding = kernel_size // 2
+        assert conv.bias is not None
+        self.bias = nn.Parameter(conv.bias.detach())
+        v = conv.weight.detach()
+        g = torch.norm_except_dim(v, 2, 0)
+        self.parametrizations = nn.ModuleDict({"weight": _WeightNormParameters(g, v)})
+
+    @property
+    def weight(self) -> Tensor:
+        """The convolution's weight, ``g v / ||v||``."""
+        w = cast(_WeightNormParameters, self.parametrizations["weight"])
+        return torch._weight_norm(w.original1, w.original0, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, padding=self.padding)
+
+
 def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Module:
-    """A weight-normalized convolution (Salimans and Kingma 2016), as in the paper's ResNets."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-    return weight_norm(conv)
+    return WeightNormConv2d(in_channels, out_channels, kernel_size)
 
 
 class _ResidualBlock(nn.Module):
