@@ -33,7 +33,9 @@ PAPER_10K = {
 
 
 def main(path: str) -> None:
-    runs = {(r["task"], r["budget"], r["estimator"], recipe(r)): r for r in load([path])}
+    records = load([path])
+    first = [r for r in records if r["seed"] == 0]
+    runs = {(r["task"], r["budget"], r["estimator"], recipe(r)): r for r in first}
     settings = sorted({(b, how) for _, b, _, how in runs}, key=lambda k: (k[0], k[1] != "sbi"))
     names = [e for e in ESTIMATORS if any(k[2] == e for k in runs)]
     for budget, how in settings:
@@ -42,6 +44,7 @@ def main(path: str) -> None:
     projections(runs)
     measured(path)
     repeats(path)
+    seeds(records)
     recipes(runs)
     print("| task, simulations, recipe | " + " | ".join(f"{e} calib. err." for e in names) + " |")
     print("|---|" + "---|" * len(names))
@@ -136,6 +139,34 @@ def paired(a: dict, b: dict) -> str:
     )
 
 
+def seeds(records: list[dict]) -> None:
+    """Where the paired estimators ran with several seeds (the tables above show seed 0): each
+    seed's C2ST and paired difference, and the mean difference over seeds with its standard
+    error across seeds."""
+    by_setting: dict[tuple, dict[int, dict[str, dict]]] = {}
+    for r in records:
+        if r["estimator"] in PAIRED:
+            key = (r["task"], r["budget"], recipe(r))
+            by_setting.setdefault(key, {}).setdefault(r["seed"], {})[r["estimator"]] = r
+    for (task, budget, how), runs in sorted(by_setting.items()):
+        both = {s: rs for s, rs in sorted(runs.items()) if len(rs) == len(PAIRED)}
+        if len(both) < 2:
+            continue
+        print(f"Seeds, {task}, {budget:,} simulations, recipe {how}:\n")
+        diffs = []
+        for seed, rs in both.items():
+            a, b = (rs[name] for name in PAIRED)
+            diffs.append(a["c2st_mean"] - b["c2st_mean"])
+            print(
+                f"- seed {seed}: {a['c2st_mean']:.3f} against {b['c2st_mean']:.3f}; {paired(a, b)}"
+            )
+        se = statistics.stdev(diffs) / len(diffs) ** 0.5
+        print(
+            f"- over {len(diffs)} seeds: {' - '.join(PAIRED)} = "
+            f"{statistics.mean(diffs):+.3f} ± {se:.3f} (standard error across seeds)\n"
+        )
+
+
 def projected_jobs(runs: dict, budget: int, how: str, names: tuple[str, ...], jobs: int = 2):
     """Minutes of wall clock that ``sbi_npe.py --jobs`` would take for ``names`` on every task,
     from the records' seconds: its order (``LONGEST_FIRST``, then ``names``), each run to the
@@ -185,6 +216,14 @@ def repeats(path: str) -> None:
         print("\n".join(lines) + "\n")
 
 
+def how(jobs: dict) -> str:
+    """A ``jobs`` record's training recipe (records before it held the protocol: ema and weight
+    decay, the learning rate constant)."""
+    if "protocol" in jobs:
+        return recipe(jobs)
+    return recipe({"protocol": {"ema": jobs["ema"], "weight_decay": jobs["weight_decay"]}})
+
+
 def measured(path: str) -> None:
     """The wall clock of each ``sbi_npe.py --jobs`` command as it ran (its ``jobs`` record)."""
     with open(path) as f:
@@ -192,7 +231,7 @@ def measured(path: str) -> None:
     for r in records:
         print(
             f"- --jobs {r['jobs']}, {', '.join(f'{b:,}' for b in r['budgets'])} simulations, "
-            f"ema {r['ema']}, wd {r['weight_decay']}, {' + '.join(r['estimators'])} on "
+            f"{how(r)}, {' + '.join(r['estimators'])} on "
             f"{', '.join(r['tasks'])}, C2ST engine {r['c2st_engine']}: "
             f"{r['seconds'] / 60:.1f} min measured ({r['time']})"
         )
