@@ -160,6 +160,11 @@ class WeightNormConv2d(nn.Module):
         self.parametrizations = nn.ModuleDict({"weight": _WeightNormParameters(g, v)})
 
     @property
+    def magnitude(self) -> nn.Parameter:
+        """The magnitudes ``g``, shape (out, 1, 1, 1)."""
+        return cast(_WeightNormParameters, self.parametrizations["weight"]).original0
+
+    @property
     def weight(self) -> Tensor:
         """The convolution's weight, ``g v / ||v||``."""
         w = cast(_WeightNormParameters, self.parametrizations["weight"])
@@ -169,20 +174,16 @@ class WeightNormConv2d(nn.Module):
         return F.conv2d(x, self.weight, self.bias, padding=self.padding)
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Module:
-    return WeightNormConv2d(in_channels, out_channels, kernel_size)
-
-
 class _ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.net = nn.Sequential(
             BatchNorm2d(channels),
             nn.ReLU(),
-            _conv(channels, channels),
+            WeightNormConv2d(channels, channels),
             BatchNorm2d(channels),
             nn.ReLU(),
-            _conv(channels, channels),
+            WeightNormConv2d(channels, channels),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -210,13 +211,13 @@ class ResNet(nn.Module):
                 f"invalid ResNet sizes: in={in_channels}, out={out_channels}, "
                 f"hidden={hidden_channels}, num_blocks={num_blocks}"
             )
-        self.first = _conv(in_channels, hidden_channels)
+        self.first = WeightNormConv2d(in_channels, hidden_channels)
         self.blocks = nn.Sequential(*[_ResidualBlock(hidden_channels) for _ in range(num_blocks)])
         self.out_norm = BatchNorm2d(hidden_channels)
-        self.last = _conv(hidden_channels, out_channels)
-        with torch.no_grad():  # get_parameter: weight_norm adds g at run time, untyped
-            self.last.get_parameter("parametrizations.weight.original0").zero_()
-            self.last.get_parameter("bias").zero_()
+        self.last = WeightNormConv2d(hidden_channels, out_channels)
+        with torch.no_grad():
+            self.last.magnitude.zero_()
+            self.last.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.blocks(self.first(x.contiguous(memory_format=CONV_MEMORY_FORMAT)))
@@ -229,8 +230,4 @@ class ResNet(nn.Module):
 
 def weight_norm_magnitudes(module: nn.Module) -> list[Tensor]:
     """The magnitude parameters ``g`` of every weight-normalized layer inside ``module``."""
-    return [
-        m.get_parameter("parametrizations.weight.original0")
-        for m in module.modules()
-        if hasattr(m, "parametrizations") and hasattr(m.parametrizations, "weight")
-    ]
+    return [m.magnitude for m in module.modules() if isinstance(m, WeightNormConv2d)]
