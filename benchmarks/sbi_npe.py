@@ -1125,7 +1125,6 @@ def run_parallel(args: argparse.Namespace) -> list[dict[str, Any]]:
         args.out,
         {"kind": "jobs", "jobs": args.jobs, "tasks": args.tasks, "budgets": args.budgets,
          "estimators": args.estimators, "c2st_engine": args.c2st_engine,
-         "ema": args.ema, "weight_decay": args.weight_decay,
          "protocol": asdict(args.protocol), "seconds": seconds,
          "time": time.strftime("%Y-%m-%d %H:%M"), "versions": versions()},
     )  # fmt: skip
@@ -1142,7 +1141,10 @@ def check_loop() -> None:
     x = theta + rng.normal(size=(300, 2))
     model = {"num_layers": 2, "hidden_features": 8}
     for schedule in ("constant", "cosine"):
-        protocol = Protocol(50, 1e-2, 6, 20, 1 / 6, 5.0, 0.9, 1e-3, schedule)
+        protocol = Protocol(
+            batch_size=50, lr=1e-2, max_epochs=6, patience=20, grad_clip=5.0, ema=0.9,
+            weight_decay=1e-3, schedule=schedule,
+        )  # fmt: skip
         config = TrainConfig(
             steps=6 * 5, batch_size=50, lr=1e-2, schedule=schedule, grad_clip=5.0,
             eval_every=5, patience=20, seed=3, ema=0.9, weight_decay=1e-3,

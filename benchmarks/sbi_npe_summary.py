@@ -36,7 +36,7 @@ def main(path: str) -> None:
     records = load([path])
     first = [r for r in records if r["seed"] == 0]
     runs = {(r["task"], r["budget"], r["estimator"], recipe(r)): r for r in first}
-    settings = sorted({(b, how) for _, b, _, how in runs}, key=lambda k: (k[0], k[1] != "sbi"))
+    settings = sorted({(b, how) for _, b, _, how in runs}, key=lambda k: (k[0], k[1] != "sbi", k))
     names = [e for e in ESTIMATORS if any(k[2] == e for k in runs)]
     for budget, how in settings:
         table(runs, budget, how)
@@ -217,11 +217,9 @@ def repeats(path: str) -> None:
 
 
 def how(jobs: dict) -> str:
-    """A ``jobs`` record's training recipe (records before it held the protocol: ema and weight
-    decay, the learning rate constant)."""
-    if "protocol" in jobs:
-        return recipe(jobs)
-    return recipe({"protocol": {"ema": jobs["ema"], "weight_decay": jobs["weight_decay"]}})
+    """A ``jobs`` record's training recipe (records before it held the protocol held its ema and
+    weight decay at the top level, the learning rate constant)."""
+    return recipe(jobs if "protocol" in jobs else {"protocol": jobs})
 
 
 def measured(path: str) -> None:
