@@ -28,6 +28,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -38,6 +39,7 @@ from torch import nn
 
 from realnvp import RealNVP
 from realnvp.data.moons import moons_log_density
+from realnvp.training.loop import Callback, Evaluation, Trainer
 
 HIDDEN = 128
 BATCH = 512
@@ -71,7 +73,16 @@ class Model:
         raise NotImplementedError
 
     def optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.module.parameters(), lr=1e-3)
+        """Every library gets the same optimizer: Adam with lr 1e-3, fused into one kernel per
+        step (``realnvp.training.loop.make_optimizer``, torch's own ``Adam(fused=True)``)."""
+        from realnvp.training.loop import make_optimizer
+
+        return make_optimizer(self.module.parameters(), lr=1e-3)
+
+    def compile(self) -> None:
+        """``torch.compile`` of log_prob and sample, as ``flow.compile()`` compiles ours."""
+        self.log_prob = torch.compile(self.log_prob)  # type: ignore[method-assign]
+        self.sample = torch.compile(self.sample)  # type: ignore[method-assign]
 
 
 class Ours(Model):
@@ -87,15 +98,20 @@ class Ours(Model):
     def sample(self, n):
         return self.module.sample(n)
 
-    def optimizer(self):
-        from realnvp.training.loop import make_optimizer
-
-        return make_optimizer(self.module.parameters(), lr=1e-3)
+    def compile(self) -> None:
+        self.module.compile()
 
 
 class OursBF16(Ours):
     name = "realnvp-bf16"
     options: ClassVar[dict] = {"conditioner_dtype": "bfloat16"}
+
+
+class OursSpline(Ours):
+    """The same with rational-quadratic spline couplings (the default for tables)."""
+
+    name = "realnvp-spline"
+    options: ClassVar[dict] = {"coupling": "spline"}
 
 
 class OursCompiled(Ours):
@@ -105,7 +121,7 @@ class OursCompiled(Ours):
 
     def __init__(self, k: int):
         super().__init__(k)
-        self.module.compile()
+        self.compile()
 
 
 class Minimal(Model):
@@ -240,17 +256,50 @@ class Freia(Model):
         return self.module(torch.randn(n, 2), rev=True, jac=False)[0]
 
 
+class ZukoNSF(Zuko):
+    """zuko's neural spline flow (8 bins), the peer's own answer to the same data: in the
+    time-to-quality race beside the affine Real NVPs."""
+
+    name = "zuko-nsf"
+
+    def __init__(self, k):
+        import zuko
+
+        self.module = zuko.flows.NSF(features=2, transforms=k, hidden_features=(HIDDEN, HIDDEN))
+
+
+def compiled(model: type[Model]) -> type[Model]:
+    """``model`` with ``Model.compile`` applied when it is built, named ``<name>-compile``."""
+
+    def __init__(self, k: int) -> None:
+        model.__init__(self, k)
+        self.compile()
+
+    attrs = {"name": f"{model.name}-compile", "__init__": __init__}
+    return type(f"{model.__name__}Compiled", (model,), attrs)
+
+
+PEERS: tuple[type[Model], ...] = (Minimal, Zuko, Nflows, Normflows, Freia, ZukoNSF)
 MODELS: dict[str, type[Model]] = {
-    m.name: m for m in (Ours, OursBF16, OursCompiled, Minimal, Zuko, Nflows, Normflows, Freia)
+    m.name: m
+    for m in (Ours, OursBF16, OursSpline, OursCompiled, *PEERS, *(compiled(p) for p in PEERS))
 }
 
 
 # -- data and timing -------------------------------------------------------------------------
-def moons_data(noise: float = 0.05):
+def moons_raw(noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """The training and test points (20,000 and 10,000) in the data's own units."""
     from sklearn.datasets import make_moons
 
     x_train = make_moons(20000, noise=noise, random_state=0)[0]
     x_test = make_moons(10000, noise=noise, random_state=1)[0]
+    return x_train, x_test
+
+
+def moons_data(noise: float = 0.05):
+    from sklearn.datasets import make_moons
+
+    x_train, x_test = moons_raw(noise)
     x_big = make_moons(BIG, noise=noise, random_state=2)[0]
     mean, std = x_train.mean(0), x_train.std(0)
     as_tensor = lambda a: torch.as_tensor((a - mean) / std, dtype=torch.float32)  # noqa: E731
@@ -314,6 +363,32 @@ def bare(k: int, relu: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
+def gemm_limit(k: int, dtype: torch.dtype, reps: int = 3) -> dict[str, float]:
+    """The machine's limit for this work: the rates if the only cost were each conditioner's
+    one square matrix multiply, (B, 128) @ (128, 128), timed alone in ``dtype`` at the
+    benchmark's batches: K of them per log_prob or sample point at batch 65,536, 3K per
+    training step at batch 512 (forward, and the backward's input and weight gradients).
+    Everything else (the first and last layers, biases, ReLUs, the coupling arithmetic and
+    log-det, Adam) counts as free, so no implementation can reach it; a fraction of it is a
+    lower bound on how near a library runs to what this machine can do."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(HIDDEN, HIDDEN, generator=g).to(dtype)
+    big = torch.randn(BIG, HIDDEN, generator=g).to(dtype)
+    small = torch.randn(BATCH, HIDDEN, generator=g).to(dtype)
+    grad = torch.randn(BATCH, HIDDEN, generator=g).to(dtype)
+
+    def forward() -> None:
+        for _ in range(k):
+            torch.mm(big, w)
+
+    def step() -> None:
+        for _ in range(k):
+            torch.mm(small, w), torch.mm(grad, w.T), torch.mm(small.T, grad)
+
+    points = per_second(forward, BIG, reps)
+    return {"points_per_s": points, "train_steps_per_s": per_second(step, 1, reps * 20)}
+
+
 def throughput(args, x_train, x_big, out) -> None:
     models = {}
     for name in args.libs:
@@ -348,6 +423,9 @@ def throughput(args, x_train, x_big, out) -> None:
             }
             log(out, record)
         with torch.no_grad():
+            for dtype in (torch.float32, torch.bfloat16):
+                record = {"kind": "limit", "K": args.K, "rep": rep, "dtype": str(dtype)[6:]}
+                log(out, record | gemm_limit(args.K, dtype))
             for relu in (False, True):
                 fn = bare(args.K, relu)
                 log(
@@ -398,84 +476,338 @@ def quality(args, x_train, x_test, limit, out) -> None:
         )
 
 
+# -- gradients under compile -------------------------------------------------------------------
+def gradient_check(name: str, x_train: torch.Tensor, steps: int = 100) -> dict:
+    """After ``steps`` eager training steps of ``MODELS[name]``, the largest relative error (in
+    norm, over the parameters) of its float32 gradients of the mean log_prob on one batch,
+    eager and under ``torch.compile``, against float64's; and the largest log_prob difference
+    between compiled and eager. A compiled model trains on the right gradients if its error is
+    of the eager one's order."""
+    import copy
+
+    torch.manual_seed(0)
+    model = MODELS[name](8)
+    train_steps(model, model.optimizer(), x_train, batches(len(x_train), steps, seed=7))
+    eager = type(model).log_prob.__get__(model)
+    compiled = torch.compile(eager)
+    exact = copy.deepcopy(model)
+    exact.module.double()
+    x = x_train[:BATCH]
+    params = list(model.module.parameters())
+    want = torch.autograd.grad(exact.log_prob(x.double()).mean(), list(exact.module.parameters()))
+
+    def worst(log_prob) -> float:
+        got = torch.autograd.grad(log_prob(x).mean(), params)
+        pairs = zip(got, want, strict=True)
+        return max(((g.double() - w).norm() / w.norm()).item() for g, w in pairs)
+
+    with torch.no_grad():
+        lp_diff = (compiled(x) - eager(x)).abs().max().item()
+    return {
+        "kind": "gradients",
+        "lib": name,
+        "eager_error": worst(eager),
+        "compiled_error": worst(compiled),
+        "log_prob_diff": lp_diff,
+    }
+
+
+# -- time to quality -------------------------------------------------------------------------
+#: nats above the exact limit of the two-moons law that count as "there"
+TARGETS = (0.02, 0.01)
+#: the time-to-quality runs' test NLL is taken every this many steps (not timed)
+EVAL_EVERY = 50
+#: ours as a user gets it: ``RealNVP.for_data`` (the model for 20,000 rows of 2 columns) trained
+#: by ``Trainer`` with ``RealNVP.recipe_for`` (both compiled under ``--compile``)
+DEFAULT = "realnvp-default"
+
+
+class TrainClock(Callback):
+    """A ``Trainer`` callback that counts training time only: from the end of each evaluation
+    (or the start) to each step's end, so the test NLL it takes at each evaluation is free."""
+
+    def __init__(self) -> None:
+        self.seconds, self.mark = 0.0, 0.0
+        self.curve: list[tuple[int, float, float]] = []
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.mark = time.perf_counter()
+
+    def on_step(self, trainer: Trainer) -> None:
+        now = time.perf_counter()
+        self.seconds += now - self.mark
+        self.mark = now
+
+    def on_evaluation(self, trainer: Trainer, evaluation: Evaluation) -> None:
+        assert evaluation.val_nll is not None
+        self.curve.append((evaluation.step, self.seconds, evaluation.val_nll))
+        self.mark = time.perf_counter()
+
+
+class EagerTest:
+    """The test NLL as ``Trainer`` validates it, through the flow class's own (eager)
+    ``log_prob``: a compiled flow is not compiled anew for the test set's shape, so the
+    training steps keep their graph and the evaluation costs nothing they are timed for."""
+
+    def __init__(self, x_test: torch.Tensor):
+        self.x_test = x_test
+
+    @torch.no_grad()
+    def mean_nll(self, flow: RealNVP) -> float:
+        return -type(flow).log_prob(flow, self.x_test).mean().item()
+
+
+def warm_up(log_prob: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, params) -> float:
+    """Seconds of one forward and backward pass on ``x`` with no update: a compiled model
+    compiles here, reported apart from the training time; gradients are cleared after."""
+    start = time.perf_counter()
+    (-log_prob(x).mean()).backward()
+    for p in params:
+        p.grad = None
+    return time.perf_counter() - start
+
+
+def default_curve(seed: int, compile_: bool, steps: int) -> tuple[list, float]:
+    """(step, training seconds, test NLL in the data's units) every ``EVAL_EVERY`` steps of
+    realnvp's defaults on the raw two moons, and the seconds of the compiling warm-up; the
+    recipe is ``recipe_for``'s but for evaluating on the test set every ``EVAL_EVERY`` steps,
+    never stopping early."""
+    from realnvp.training.loop import Trainer as LibraryTrainer
+
+    raw_train, raw_test = moons_raw()
+    torch.manual_seed(seed)
+    flow = RealNVP.for_data(raw_train)
+    recipe = replace(
+        RealNVP.recipe_for(raw_train.shape), steps=steps, eval_every=EVAL_EVERY, patience=None
+    )
+    recipe = replace(recipe, seed=seed)
+    x = flow.as_input(raw_train)
+    warm = 0.0
+    if compile_:
+        flow.compile()
+        warm = warm_up(flow.log_prob, x[: recipe.batch_size], flow.parameters())
+    clock = TrainClock()
+    LibraryTrainer(flow, x, EagerTest(flow.prepare(raw_test)), recipe, callbacks=[clock]).fit()
+    return clock.curve, warm
+
+
+def peer_curve(name: str, k: int, seed: int, steps: int, x_train, x_test) -> tuple[list, float]:
+    """The same as ``default_curve`` for ``MODELS[name]`` (standardized units) trained by this
+    benchmark's loop: Adam 1e-3 fused, cosine decay over ``steps``, batch 512."""
+    torch.manual_seed(seed)
+    model = MODELS[name](k)
+    eager = type(model).log_prob.__get__(model)  # the class's own: never compiled
+    warm = warm_up(model.log_prob, x_train[:BATCH], model.module.parameters())
+    opt = model.optimizer()
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    idx = batches(len(x_train), steps, seed=7 + seed)
+    seconds, curve = 0.0, []
+    for start in range(0, steps, EVAL_EVERY):
+        t = time.perf_counter()
+        train_steps(model, opt, x_train, idx[start : start + EVAL_EVERY], sched)
+        seconds += time.perf_counter() - t
+        with torch.no_grad():
+            curve.append((start + EVAL_EVERY, seconds, -eager(x_test).mean().item()))
+    return curve, warm
+
+
+def first_within(curve, limit: float, target: float) -> tuple[int, float] | None:
+    """The (step, seconds) of the first evaluation within ``target`` nats of ``limit``."""
+    return next(((s, t) for s, t, nll in curve if nll - limit < target), None)
+
+
+def time_to_quality(args, x_train, x_test, limit, out) -> None:
+    """Each of ``args.ttq`` trained ``args.ttq_steps`` steps from seed ``args.seed``: the
+    training seconds until the test NLL first comes within each of ``TARGETS`` of the limit."""
+    raw_limit = -moons_log_density(moons_raw()[1], 0.05).mean()
+    for name in args.ttq:
+        if name == DEFAULT:
+            (curve, warm), lim = default_curve(args.seed, args.compile, args.ttq_steps), raw_limit
+        else:
+            curve, warm = peer_curve(name, args.K, args.seed, args.ttq_steps, x_train, x_test)
+            lim = limit
+        record = {"kind": "ttq", "K": args.K, "seed": args.seed, "lib": name}
+        record["compiled"] = args.compile if name == DEFAULT else name.endswith("-compile")
+        for target in TARGETS:
+            hit = first_within(curve, lim, target)
+            record[f"steps_to_{target}"] = None if hit is None else hit[0]
+            record[f"seconds_to_{target}"] = None if hit is None else hit[1]
+        record |= {"final_gap": curve[-1][2] - lim, "train_seconds": curve[-1][1]}
+        record["warm_up_seconds"] = warm  # one forward and backward: compilation, if compiled
+        record["curve"] = [(s, round(t, 3), round(nll - lim, 5)) for s, t, nll in curve]
+        log(out, record)
+
+
 # -- the report --------------------------------------------------------------------------------
+KEYS = ("train_steps_per_s", "log_prob_per_s", "sample_per_s")
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value > 1000 else f"{value:.1f}"
+
+
+def throughput_table(rows: list[dict], k: int, ours: str) -> list[str]:
+    """Medians over the repeats, the ratio of ``ours`` to each, and each as a percentage of
+    the float32 GEMM limit (``gemm_limit``) measured in the same run."""
+    tp = [r for r in rows if r["kind"] == "tp" and r["K"] == k]
+    libs = list(dict.fromkeys(r["lib"] for r in tp))
+    if not libs:
+        return []
+    med = {
+        (lib, key): statistics.median(r[key] for r in tp if r["lib"] == lib)
+        for lib in libs
+        for key in KEYS
+    }
+    limits = {}
+    for dtype in ("float32", "bfloat16"):
+        mine = [r for r in rows if r["kind"] == "limit" and r["K"] == k and r["dtype"] == dtype]
+        if mine:
+            points = statistics.median(r["points_per_s"] for r in mine)
+            steps = statistics.median(r["train_steps_per_s"] for r in mine)
+            limits[dtype] = dict(zip(KEYS, (steps, points, points), strict=True))
+    reps = len([r for r in tp if r["lib"] == libs[0]])
+    per = " | % of limit" if "float32" in limits else ""
+    lines = [
+        f"### K = {k} (median of {reps} interleaved repeats; ratio = {ours} / library"
+        + ("; % of the float32 GEMM limit" if per else "")
+        + ")",
+        "",
+        f"| library | train steps/s | ratio{per} | log_prob points/s | ratio{per} "
+        f"| samples/s | ratio{per} |",
+        "|---|" + "---|---|" * 3 + ("---|" * 3 if per else ""),
+    ]
+    for lib in libs:
+        cells = []
+        for key in KEYS:
+            value = med[(lib, key)]
+            cells += [_rate(value), f"{med.get((ours, key), math.nan) / value:.2f}"]
+            if per:
+                cells.append(f"{100 * value / limits['float32'][key]:.0f}%")
+        lines.append(f"| {lib} | " + " | ".join(cells) + " |")
+    width = 3 if per else 2  # cells per measure
+
+    def row(name: str, values: list[str | None]) -> str:
+        cells = []
+        for value in values:
+            cells += [value or ""] + [""] * (width - 1)
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    for dtype, limit in limits.items():
+        lines.append(row(f"GEMM limit, {dtype}", [_rate(limit[key]) for key in KEYS]))
+    ref = med.get((ours, "log_prob_per_s"), math.nan)
+    for relu in (False, True):
+        values = [
+            r["points_per_s"]
+            for r in rows
+            if r["kind"] == "bare" and r["K"] == k and r["bias_relu"] == relu
+        ]
+        if values:
+            what = "matmuls + bias + ReLU" if relu else "matmuls alone"
+            value = statistics.median(values)
+            line = row(f"bare {what}", [None, f"{value:,.0f}", None])
+            lines.append(line.replace(f"{value:,.0f} | ", f"{value:,.0f} | {ref / value:.2f}", 1))
+    return lines
+
+
+def quality_table(rows: list[dict], k: int) -> list[str]:
+    q = [r for r in rows if r["kind"] == "quality" and r["K"] == k]
+    if not q:
+        return []
+    lines = [
+        "",
+        f"Quality at K = {k}: 5,000 steps, batch 512, Adam 1e-3 with cosine decay; "
+        f"exact limit {q[0]['limit']:.4f} nats (standardized units).",
+        "",
+        "| library | seed | test NLL | gap to limit | train s | steps to within 0.02 "
+        "| s to within 0.02 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(q, key=lambda r: r.get("seed", 0)):
+        reach = "never" if r["steps_to_0.02"] is None else f"{r['steps_to_0.02']}"
+        secs = "" if r["seconds_to_0.02"] is None else f"{r['seconds_to_0.02']:.1f}"
+        lines.append(
+            f"| {r['lib']} | {r.get('seed', 0)} | {r['test_nll']:.4f} | {r['gap']:+.4f} | "
+            f"{r['train_seconds']:.1f} | {reach} | {secs} |"
+        )
+    seeded: dict[str, list[dict]] = {}
+    for r in q:
+        seeded.setdefault(r["lib"], []).append(r)
+    several = {lib: rs for lib, rs in seeded.items() if len(rs) > 1}
+    if several:
+        lines += [
+            "",
+            "| library | seeds | mean gap | sd | mean s to within 0.02 (runs that got there) |",
+            "|---|---|---|---|---|",
+        ]
+        for lib, rs in several.items():
+            gaps = [r["gap"] for r in rs]
+            reached = [r["seconds_to_0.02"] for r in rs if r["seconds_to_0.02"] is not None]
+            secs = (
+                f"{statistics.mean(reached):.1f} ({len(reached)}/{len(rs)})"
+                if reached
+                else f"never (0/{len(rs)})"
+            )
+            lines.append(
+                f"| {lib} | {len(rs)} | {statistics.mean(gaps):+.4f} | "
+                f"{statistics.stdev(gaps):.4f} | {secs} |"
+            )
+    return lines
+
+
+def median_reached(rs: list[dict], key: str) -> tuple[float, int]:
+    """The median of ``key`` over the runs, a run that never got there counting as infinitely
+    slow (so the median is infinite when fewer than half got there), and how many got there."""
+    values = [math.inf if r[key] is None else r[key] for r in rs]
+    return statistics.median(values), sum(v != math.inf for v in values)
+
+
+def ttq_table(rows: list[dict], k: int, ours: str = DEFAULT) -> list[str]:
+    """Time to quality: per library the median over seeds of the training seconds to within
+    each target of the limit, and the fastest other library's median over ours."""
+    t = [r for r in rows if r["kind"] == "ttq" and r["K"] == k]
+    if not t:
+        return []
+    by: dict[str, list[dict]] = {}
+    for r in t:
+        by.setdefault(r["lib"], []).append(r)
+    heads = " | ".join(f"s to {x} (got there) | steps" for x in TARGETS)
+    lines = [
+        "",
+        f"Time to quality at K = {k} (training seconds only, test NLL every {EVAL_EVERY} steps "
+        "untimed; medians over seeds; compilation reported apart):",
+        "",
+        f"| library | seeds | {heads} | final gap | warm-up s |",
+        "|---|---|" + "---|---|" * len(TARGETS) + "---|---|",
+    ]
+    medians: dict[str, dict[float, float]] = {}
+    for lib, rs in by.items():
+        cells = []
+        for x in TARGETS:
+            secs, got = median_reached(rs, f"seconds_to_{x}")
+            steps, _ = median_reached(rs, f"steps_to_{x}")
+            medians.setdefault(lib, {})[x] = secs
+            cells += [f"{secs:.1f} ({got}/{len(rs)})", f"{steps:.0f}"]
+        gap = statistics.median(r["final_gap"] for r in rs)
+        warm = statistics.median(r["warm_up_seconds"] for r in rs)
+        cells += [f"{gap:+.4f}", f"{warm:.1f}"]
+        lines.append(f"| {lib} | {len(rs)} | " + " | ".join(cells) + " |")
+    if ours in medians and len(medians) > 1:
+        for x in TARGETS:
+            others = {lib: m[x] for lib, m in medians.items() if lib != ours}
+            best = min(others, key=others.get)  # type: ignore[arg-type]
+            lines.append(
+                f"\nWithin {x}: the fastest other, {best}, takes {others[best]:.1f} s; "
+                f"{ours} {medians[ours][x]:.1f} s: {others[best] / medians[ours][x]:.2f} times "
+                "shorter."
+            )
+    return lines
+
+
 def report(paths: list[str], ours: str = "realnvp-compile") -> str:
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line]
-    lines = []
+    lines: list[str] = []
     for k in sorted({r["K"] for r in rows if "K" in r}):
-        tp = [r for r in rows if r["kind"] == "tp" and r["K"] == k]
-        libs = list(dict.fromkeys(r["lib"] for r in tp))
-        med = {
-            (lib, key): statistics.median(r[key] for r in tp if r["lib"] == lib)
-            for lib in libs
-            for key in ("train_steps_per_s", "log_prob_per_s", "sample_per_s")
-        }
-        reps = len([r for r in tp if r["lib"] == libs[0]])
-        lines += [
-            f"### K = {k} (median of {reps} interleaved repeats; ratio = {ours} / library)",
-            "",
-            "| library | train steps/s | ratio | log_prob points/s | ratio | samples/s | ratio |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for lib in libs:
-            cells = []
-            for key in ("train_steps_per_s", "log_prob_per_s", "sample_per_s"):
-                value = med[(lib, key)]
-                ref = med.get((ours, key), math.nan)
-                cells += [
-                    f"{value:,.0f}" if value > 1000 else f"{value:.1f}",
-                    f"{ref / value:.2f}",
-                ]
-            lines.append(f"| {lib} | " + " | ".join(cells) + " |")
-        bare_rows = [r for r in rows if r["kind"] == "bare" and r["K"] == k]
-        for relu in (False, True):
-            values = [r["points_per_s"] for r in bare_rows if r["bias_relu"] == relu]
-            if values:
-                what = "matmuls + bias + ReLU" if relu else "matmuls alone"
-                value = statistics.median(values)
-                ref = med.get((ours, "log_prob_per_s"), math.nan)
-                lines.append(f"| bare {what} | | | {value:,.0f} | {ref / value:.2f} | | |")
-        q = [r for r in rows if r["kind"] == "quality" and r["K"] == k]
-        if q:
-            lines += [
-                "",
-                f"Quality at K = {k}: 5,000 steps, batch 512, Adam 1e-3 with cosine decay; "
-                f"exact limit {q[0]['limit']:.4f} nats (standardized units).",
-                "",
-                "| library | seed | test NLL | gap to limit | train s | steps to within 0.02 "
-                "| s to within 0.02 |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            for r in sorted(q, key=lambda r: r.get("seed", 0)):
-                reach = "never" if r["steps_to_0.02"] is None else f"{r['steps_to_0.02']}"
-                secs = "" if r["seconds_to_0.02"] is None else f"{r['seconds_to_0.02']:.1f}"
-                lines.append(
-                    f"| {r['lib']} | {r.get('seed', 0)} | {r['test_nll']:.4f} | {r['gap']:+.4f} | "
-                    f"{r['train_seconds']:.1f} | {reach} | {secs} |"
-                )
-            seeded = {}
-            for r in q:
-                seeded.setdefault(r["lib"], []).append(r)
-            several = {lib: rs for lib, rs in seeded.items() if len(rs) > 1}
-            if several:
-                lines += [
-                    "",
-                    "| library | seeds | mean gap | sd | mean s to within 0.02 (runs that got "
-                    "there) |",
-                    "|---|---|---|---|---|",
-                ]
-                for lib, rs in several.items():
-                    gaps = [r["gap"] for r in rs]
-                    reached = [r["seconds_to_0.02"] for r in rs if r["seconds_to_0.02"] is not None]
-                    secs = (
-                        f"{statistics.mean(reached):.1f} ({len(reached)}/{len(rs)})"
-                        if reached
-                        else f"never (0/{len(rs)})"
-                    )
-                    lines.append(
-                        f"| {lib} | {len(rs)} | {statistics.mean(gaps):+.4f} | "
-                        f"{statistics.stdev(gaps):.4f} | {secs} |"
-                    )
+        lines += throughput_table(rows, k, ours) + quality_table(rows, k) + ttq_table(rows, k)
         lines.append("")
     return "\n".join(lines)
 
@@ -490,6 +822,22 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true", help="also train 5,000 steps each")
     parser.add_argument("--seed", type=int, default=0, help="quality: model seed and batch order")
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument(
+        "--ttq",
+        nargs="+",
+        default=[],
+        choices=[DEFAULT, *MODELS],
+        help="time to quality: train each, timing training only, to TARGETS of the limit",
+    )
+    parser.add_argument("--ttq-steps", type=int, default=5000)
+    parser.add_argument(
+        "--check-gradients",
+        nargs="+",
+        default=[],
+        choices=list(MODELS),
+        help="compiled against eager gradients, each against float64's",
+    )
+    parser.add_argument("--compile", action="store_true", help=f"--ttq: compile {DEFAULT}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--report", nargs="+", metavar="JSONL", help="print the Markdown tables")
@@ -518,6 +866,10 @@ def main() -> None:
         throughput(args, x_train, x_big, args.out)
     if args.quality:
         quality(args, x_train, x_test, limit, args.out)
+    if args.ttq:
+        time_to_quality(args, x_train, x_test, limit, args.out)
+    for name in args.check_gradients:
+        log(args.out, gradient_check(name, x_train))
 
 
 if __name__ == "__main__":
