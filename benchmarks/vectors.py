@@ -798,6 +798,13 @@ def ttq_table(rows: list[dict], k: int, ours: str = DEFAULTS[1]) -> list[str]:
             if not others:
                 continue
             best = min(others, key=others.get)  # type: ignore[arg-type]
+            if math.inf in (others[best], medians[ours][x]):
+                lines.append(
+                    f"\nWithin {x}: median seconds, the fastest peer ({best}) "
+                    f"{others[best]:.1f}, {ours} {medians[ours][x]:.1f} (inf: not reached in "
+                    "half the seeds or more)."
+                )
+                continue
             lines.append(
                 f"\nWithin {x}: the fastest peer, {best}, takes {others[best]:.1f} s; "
                 f"{ours} {medians[ours][x]:.1f} s: {others[best] / medians[ours][x]:.2f} times "
