@@ -9,10 +9,20 @@ weight norm and the tanh-bounded log-scale; normflows has none of them (its ``ex
 unbounded). normflows' checkerboard split needs an
 even width, so MNIST uses 2 scales here (28 -> 14) for both.
 
-One loop trains both: Adam lr 1e-3 with cosine decay, batch 64, fresh uniform dequantization
-noise per batch, global gradient-norm clip 100, a fixed number of steps, and the same batches.
+One loop trains both: the same Adam (lr 1e-3, fused into one kernel per step, as realnvp's
+``make_optimizer`` builds it; records before 2026-11-30's third session used torch's default,
+unfused, for both) with cosine decay, batch 64, fresh uniform dequantization noise per batch,
+global gradient-norm clip 100, a fixed number of steps, and the same batches.
 Test bits/dim: the fixed test split dequantized once (seed 1), ``-log p(x + u) / (D log 2)`` in
 pixel units for both (normflows models ``(x + u) / K``, so ``D log K`` is added back).
+Sizes: README's for each data set unless ``--channels``/``--blocks`` say otherwise
+(``SHAPES``).
+
+``--seconds S --select best-val`` (the default with ``--seconds``) holds out the last
+``VAL_FRACTION`` of the training images (a fixed permutation) for both libraries, and each point
+of the curve is the test bits/dim of the weights with the best validation bits/dim so far: what
+early stopping hands a user who stops at that moment (``realnvp train --patience`` keeps the
+best validation weights the same way). The last weights' test bits/dim is recorded beside it.
 
 ``--compile regional`` compiles each coupling's conditioner network with ``torch.compile`` in
 both libraries alike (ours ``realnvp.nn.ResNet``, normflows' ``ConvResidualNet``); the first
@@ -29,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -39,7 +50,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 import realnvp.nn
 from realnvp.data.images import load_images
 from realnvp.models import MultiScaleRealNVP, dequantize
-from realnvp.training.loop import batch_indices
+from realnvp.training.loop import batch_indices, make_optimizer
 
 #: the convolutions' memory layouts (``--memory-format``)
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -49,6 +60,12 @@ FIRST_STEPS = 3
 
 #: Adam's learning rate, for both libraries
 LR = 1e-3
+
+#: (hidden channels, residual blocks) per data set: README's shapes
+SHAPES = {"digits": (32, 2), "mnist5k": (16, 1)}
+
+#: the share of the training images held out for validation under ``--select best-val``
+VAL_FRACTION = 0.1
 
 #: our model's variants (``--variant``): the paper's, and with Glow's layers before each coupling
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -125,7 +142,8 @@ def normflows_model(shape, levels: int, scales: int, hidden: int, blocks: int) -
 
 def figure(jsonl: str, png: str) -> None:
     """Test bits/dim against seconds of training, one axis per data set, one line per run of
-    ``--seconds`` in ``jsonl`` (the last of each library, variant and data set)."""
+    ``--seconds`` in ``jsonl`` (the last of each library, variant and data set).
+    Under best-val selection, the last weights' test bits/dim is drawn dotted beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,13 +156,27 @@ def figure(jsonl: str, png: str) -> None:
             label = r["lib"] + (f" ({r['variant']})" if "variant" in r else "")
             runs[(r["data"], label)] = r
     data = sorted({d for d, _ in runs})
-    fig, axes = plt.subplots(1, len(data), figsize=(5 * len(data), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(data), figsize=(5.5 * len(data), 4.2), squeeze=False)
     for ax, name in zip(axes[0], data, strict=True):
         for (d, label), r in sorted(runs.items()):
-            if d == name:
-                t, _, bpd = zip(*r["curve"], strict=True)
-                ax.plot(t, bpd, marker="o", ms=3, label=f"{label}, {r['steps_per_second']} steps/s")
-        ax.set_title(f"{name}: {r['threads']} thread(s) each")
+            if d != name:
+                continue
+            t = [p[0] for p in r["curve"]]
+            rate = f"{r['steps_per_second']} steps/s"
+            line = ax.plot(
+                t, [p[2] for p in r["curve"]], marker="o", ms=3, label=f"{label}, {rate}"
+            )
+            if r.get("select"):
+                ax.plot(
+                    t,
+                    [p[3] for p in r["curve"]],
+                    ls=":",
+                    color=line[0].get_color(),
+                    label=f"{label.split(',')[0]}, last weights",
+                )
+        ax.set_title(
+            f"{name}, {r['channels']} channels, {r['blocks']} block(s): {r['threads']} thread each"
+        )
         ax.set_xlabel("training seconds (evaluation not counted)")
         ax.set_ylabel("test bits/dim")
         ax.legend(fontsize=8)
@@ -166,8 +198,8 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--scales", type=int, default=2)
-    parser.add_argument("--channels", type=int, default=16)
-    parser.add_argument("--blocks", type=int, default=1)
+    parser.add_argument("--channels", type=int, help="default: SHAPES[data], else 16")
+    parser.add_argument("--blocks", type=int, help="default: SHAPES[data], else 1")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -197,6 +229,21 @@ def main() -> None:
         help="regional: torch.compile each coupling's conditioner network (ours: realnvp.nn.ResNet;"
         " normflows: its ConvResidualNet), the same compile for both libraries",
     )
+    parser.add_argument(
+        "--select",
+        choices=["best-val", "last"],
+        default="best-val",
+        help="with --seconds: each point's test bits/dim is that of the weights with the best "
+        "validation bits/dim so far (VAL_FRACTION of the training images held out), or of the "
+        "last weights (all training images used)",
+    )
+    parser.add_argument(
+        "--scale-l2",
+        type=float,
+        default=0.0,
+        help="ours only: the L2 on the couplings' scales and weight-norm magnitudes that realnvp's "
+        f"image recipe adds to the loss ({MultiScaleRealNVP.recipe.scale_l2:g} there); 0: none",
+    )
     parser.add_argument("--out", help="append the result as a JSON line to this file")
     parser.add_argument(
         "--figure",
@@ -208,8 +255,63 @@ def main() -> None:
     if args.figure:
         figure(*args.figure)
         return
-    if args.lib != "ours" and args.variant != "paper":
-        parser.error("--variant is a variant of ours: use it with --lib ours")
+    if args.lib != "ours" and (args.variant != "paper" or args.scale_l2):
+        parser.error("--variant and --scale-l2 are options of ours: use them with --lib ours")
+    channels, blocks = SHAPES.get(args.data, (16, 1))
+    args.channels = channels if args.channels is None else args.channels
+    args.blocks = blocks if args.blocks is None else args.blocks
+    result = run(args)
+    print(json.dumps(result))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+def bits_per_dim(model: nn.Module, x: Tensor, dims: int) -> Tensor:
+    """Each image's bits/dim under ``model`` in evaluation mode, in batches of 500."""
+    model.eval()
+    with torch.no_grad():
+        nll = torch.cat([-model.log_prob(b) for b in x.split(500)])
+    model.train()
+    return nll / (dims * math.log(2))
+
+
+class Selection:
+    """The curve's points under ``--select``: the test bits/dim of the last weights, or of the
+    weights with the best validation bits/dim so far (kept as a copy)."""
+
+    def __init__(self, model: nn.Module, x_val: Tensor | None, x_test: Tensor, dims: int):
+        self.model, self.x_val, self.x_test, self.dims = model, x_val, x_test, dims
+        self.best_val, self.best_step, self.best_state = math.inf, 0, None
+
+    def point(self, seconds: float, step: int) -> list:
+        """``[seconds, step, test bits/dim]``, then (best-val) the last weights' test bits/dim,
+        the best validation bits/dim and its step."""
+        last = bits_per_dim(self.model, self.x_test, self.dims).mean().item()
+        if self.x_val is None:
+            return [round(seconds, 1), step, round(last, 4)]
+        val = bits_per_dim(self.model, self.x_val, self.dims).mean().item()
+        if val < self.best_val:
+            self.best_val, self.best_step, self.best_test = val, step, last
+            self.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return [
+            round(seconds, 1),
+            step,
+            round(self.best_test, 4),
+            round(last, 4),
+            round(self.best_val, 4),
+            self.best_step,
+        ]
+
+    def final(self) -> Tensor:
+        """The selected weights' test bits/dim per image (the model keeps them)."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return bits_per_dim(self.model, self.x_test, self.dims)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train one library's model under the loop above; the record of the run."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     layout = FORMATS[args.memory_format]
@@ -233,18 +335,19 @@ def main() -> None:
     dims = math.prod(data.shape)
     x_train = torch.as_tensor(data.train, dtype=torch.float32)
     x_test = dequantize(torch.as_tensor(data.test), torch.Generator().manual_seed(1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    x_val = None
+    select = args.select if args.seconds else "last"
+    if select == "best-val":  # the same held-out images for both libraries
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(2))
+        n_val = round(VAL_FRACTION * len(x_train))
+        x_val = dequantize(x_train[order[-n_val:]], torch.Generator().manual_seed(3))
+        x_train = x_train[order[:-n_val]]
+    selection = Selection(model, x_val, x_test, dims)
+    optimizer = make_optimizer(model.parameters(), LR)
     steps = math.inf if args.seconds else args.steps
     schedule = None if args.seconds else CosineAnnealingLR(optimizer, args.steps)
     batches = batch_indices(len(x_train), args.batch_size, args.seed)
     noise = torch.Generator().manual_seed(args.seed)
-
-    def test_bpd() -> Tensor:
-        model.eval()
-        with torch.no_grad():
-            nll = torch.cat([-model.log_prob(b) for b in x_test.split(500)])
-        model.train()
-        return nll / (dims * math.log(2))
 
     model.train()
     seconds, done, nonfinite, curve, first_seconds = 0.0, 0, 0, [], math.nan
@@ -259,6 +362,8 @@ def main() -> None:
         loss = -model.log_prob(x).mean()
         optimizer.zero_grad(set_to_none=True)
         if torch.isfinite(loss):
+            if args.scale_l2:  # ours: the recipe's L2 (MultiScaleRealNVP.recipe.scale_l2)
+                loss = loss + args.scale_l2 * model.regularization()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
             optimizer.step()
@@ -271,9 +376,10 @@ def main() -> None:
         if done == FIRST_STEPS:
             first_seconds = seconds
         if args.seconds and seconds >= args.eval_seconds * (len(curve) + 1):
-            curve.append([round(seconds, 1), done, round(test_bpd().mean().item(), 4)])
-    bpd = test_bpd()
-    result = {
+            curve.append(selection.point(seconds, done))
+            print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
+    bpd = selection.final()
+    return {
         "lib": args.lib,
         **({"variant": args.variant} if args.lib == "ours" else {}),
         "data": data.name,
@@ -291,15 +397,14 @@ def main() -> None:
         "test_bits_per_dim": round(bpd.mean().item(), 4),
         "test_bits_per_dim_se": round(bpd.std().item() / math.sqrt(len(bpd)), 4),
         "nonfinite_steps": nonfinite,
+        **({"scale_l2": args.scale_l2} if args.scale_l2 else {}),
         **({"budget_seconds": args.seconds, "curve": curve} if args.seconds else {}),
+        **({"select": select, "best_step": selection.best_step} if x_val is not None else {}),
+        "optimizer": "adam-fused",
         "memory_format": args.memory_format,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
-    print(json.dumps(result))
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
