@@ -158,13 +158,13 @@ def figure(jsonl: str, png: str) -> None:
     data = sorted({d for d, _ in runs})
     fig, axes = plt.subplots(1, len(data), figsize=(5.5 * len(data), 4.2), squeeze=False)
     for ax, name in zip(axes[0], data, strict=True):
-        for (d, label), r in sorted(runs.items()):
-            if d != name:
-                continue
+        mine = {label: r for (d, label), r in sorted(runs.items()) if d == name}
+        for label, r in mine.items():
             t = [p[0] for p in r["curve"]]
+            best = ", best validation so far" if r.get("select") else ""
             rate = f"{r['steps_per_second']} steps/s"
             line = ax.plot(
-                t, [p[2] for p in r["curve"]], marker="o", ms=3, label=f"{label}, {rate}"
+                t, [p[2] for p in r["curve"]], marker="o", ms=3, label=f"{label}{best}, {rate}"
             )
             if r.get("select"):
                 ax.plot(
@@ -172,10 +172,15 @@ def figure(jsonl: str, png: str) -> None:
                     [p[3] for p in r["curve"]],
                     ls=":",
                     color=line[0].get_color(),
-                    label=f"{label.split(',')[0]}, last weights",
+                    label=f"{label}, last weights",
                 )
+        # the selected curves set the scale; an overfitting last-weights curve may leave it
+        top = max(p[2] for r in mine.values() for p in r["curve"])
+        low = min(p[2] for r in mine.values() for p in r["curve"])
+        ax.set_ylim(low - 0.05 * (top - low), top + 0.15 * (top - low))
+        r = next(iter(mine.values()))
         ax.set_title(
-            f"{name}, {r['channels']} channels, {r['blocks']} block(s): {r['threads']} thread each"
+            f"{name}: {r['channels']} channels, {r['blocks']} block(s), {r['threads']} thread each"
         )
         ax.set_xlabel("training seconds (evaluation not counted)")
         ax.set_ylabel("test bits/dim")
