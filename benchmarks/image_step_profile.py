@@ -1,17 +1,20 @@
 """Where a training step of the image models spends its time: the convolutions, the optimizer,
 and the rest, for ours and normflows' at README's shapes (``images_vs_normflows.SHAPES``).
 
-It answers one question: how fast could ours be at the same shape? Both libraries run the same
-number of 3x3 convolutions per step (each coupling's ResNet), so if everything but ours's
-convolutions took no time, ours would run at most ``normflows' step / ours's convolution time``
-times normflows' steps/s (``bound`` in the report). On 8x8 digits the convolutions of both are
-4x4 and 2x2 images (8x4 and 4x2 for normflows' half-width checkerboards), so small that each
-costs its fixed overhead and packing's quarter of the pixels saves little.
+It answers one question: how fast could ours be at the same shape? Both libraries run one
+ResNet per coupling, the same number of convolutions per step (normflows' ``ConvResidualNet``
+starts and ends with 1x1 convolutions where ours, the paper's, has 3x3 ones), so if everything
+but ours's convolutions took no time, ours would run at most ``normflows' step / ours's
+convolution time`` times normflows' steps/s (``bound`` in the record). On 8x8 digits the
+convolutions of both are of 4x4 and 2x2 images (8x4 and 4x2 for normflows' half-width
+checkerboards).
 
 Steps/s are from interleaved blocks of plain (unprofiled) steps, medians; the split of the time
-is from ``torch.profiler`` over ``--profile-steps`` more steps (self CPU time of the
-convolution kernels, forward and backward; the whole ``Optimizer.step``; the rest), so its
-shares are of the profiled step, which the profiler slows.
+is from ``torch.profiler`` over ``--profile-steps`` more steps: the convolution kernels' own CPU
+time, forward and backward; the whole ``Optimizer.step``; and the rest of each step's wall time
+(``record_function("step")``, Python between the operators included). Its shares are of the
+profiled step, which the profiler slows. The steps draw their batches with replacement and keep
+the learning rate constant; neither changes a step's work.
 
     python benchmarks/image_step_profile.py --data digits mnist5k \
         --out benchmarks/results/image_step_profile.jsonl
@@ -28,19 +31,25 @@ from pathlib import Path
 import torch
 from images_vs_normflows import SHAPES, VARIANTS, normflows_model
 from records import log, versions
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from realnvp.data.images import load_images
 from realnvp.models import MultiScaleRealNVP, dequantize
 from realnvp.training.loop import make_optimizer
 
 #: the profiler's names for the convolution kernels, forward and backward
-CONV_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward"}
+CONV_OPS = {
+    "aten::mkldnn_convolution",
+    "aten::convolution_backward",
+    "aten::_slow_conv2d_forward",
+    "aten::_slow_conv2d_backward",
+    "aten::_nnpack_spatial_convolution",
+}
 
 
 def train_step(lib: str, data_name: str, seed: int = 0) -> Callable[[], None]:
     """One training step of ``lib``'s model (``ours-packed``, ``ours-paper`` or ``normflows``),
-    the benchmark loop's: fused Adam, batch 64, fresh dequantization noise, clip 100."""
+    as the benchmark loop's: fused Adam, batch 64, fresh dequantization noise, clip 100."""
     data = load_images(data_name)
     channels, blocks = SHAPES[data_name]
     torch.manual_seed(seed)
@@ -71,9 +80,10 @@ def split(step: Callable[[], None], steps: int) -> dict[str, float]:
     """Milliseconds per profiled step: convolutions, optimizer, rest, total."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            step()
+            with record_function("step"):
+                step()
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
+    total = sum(e.cpu_time_total for e in events if e.key == "step")
     conv = sum(e.self_cpu_time_total for e in events if e.key in CONV_OPS)
     opt = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step"))
     ms = {"conv": conv, "optimizer": opt, "rest": total - conv - opt, "total": total}

@@ -12,7 +12,8 @@ even width, so MNIST uses 2 scales here (28 -> 14) for both.
 One loop trains both: the same Adam (lr 1e-3, fused into one kernel per step, as realnvp's
 ``make_optimizer`` builds it; records before 2026-11-30's third session used torch's default,
 unfused, for both) with cosine decay, batch 64, fresh uniform dequantization noise per batch,
-global gradient-norm clip 100, a fixed number of steps, and the same batches.
+global gradient-norm clip 100, a fixed number of steps (or ``--seconds`` of training), and the
+same batches.
 Test bits/dim: the fixed test split dequantized once (seed 1), ``-log p(x + u) / (D log 2)`` in
 pixel units for both (normflows models ``(x + u) / K``, so ``D log K`` is added back).
 Sizes: README's for each data set unless ``--channels``/``--blocks`` say otherwise
@@ -273,11 +274,13 @@ def main() -> None:
 
 
 def bits_per_dim(model: nn.Module, x: Tensor, dims: int) -> Tensor:
-    """Each image's bits/dim under ``model`` in evaluation mode, in batches of 500."""
+    """Each image's bits/dim under ``model`` in evaluation mode, in batches of 500; the model's
+    mode is put back after."""
+    mode = model.training
     model.eval()
     with torch.no_grad():
         nll = torch.cat([-model.log_prob(b) for b in x.split(500)])
-    model.train()
+    model.train(mode)
     return nll / (dims * math.log(2))
 
 
@@ -288,6 +291,7 @@ class Selection:
     def __init__(self, model: nn.Module, x_val: Tensor | None, x_test: Tensor, dims: int):
         self.model, self.x_val, self.x_test, self.dims = model, x_val, x_test, dims
         self.best_val, self.best_step, self.best_state = math.inf, 0, None
+        self.best_test = math.nan  # until a validation score is finite
 
     def point(self, seconds: float, step: int) -> list:
         """``[seconds, step, test bits/dim]``, then (best-val) the last weights' test bits/dim,
