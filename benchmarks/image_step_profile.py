@@ -29,12 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from images_vs_normflows import SHAPES, VARIANTS, normflows_model
+from images_vs_normflows import SHAPES, build_model, train_step
 from records import log, versions
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from realnvp.data.images import load_images
-from realnvp.models import MultiScaleRealNVP, dequantize
+from realnvp.models import dequantize
 from realnvp.training.loop import make_optimizer
 
 #: the profiler's names for the convolution kernels, forward and backward
@@ -47,18 +47,14 @@ CONV_OPS = {
 }
 
 
-def train_step(lib: str, data_name: str, seed: int = 0) -> Callable[[], None]:
+def step_of(lib: str, data_name: str, seed: int = 0) -> Callable[[], None]:
     """One training step of ``lib``'s model (``ours-packed``, ``ours-paper`` or ``normflows``),
     as the benchmark loop's: fused Adam, batch 64, fresh dequantization noise, clip 100."""
     data = load_images(data_name)
     channels, blocks = SHAPES[data_name]
     torch.manual_seed(seed)
-    if lib == "normflows":
-        model = normflows_model(data.shape, data.levels, 2, channels, blocks)
-        model.to(memory_format=torch.channels_last)
-    else:
-        variant = VARIANTS[lib.removeprefix("ours-")]
-        model = MultiScaleRealNVP(data.shape, data.levels, 2, channels, blocks, **variant)
+    name, _, variant = lib.partition("-")
+    model = build_model(name, variant, data, 2, channels, blocks, torch.channels_last)
     optimizer = make_optimizer(model.parameters(), 1e-3)
     x_train = torch.as_tensor(data.train, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
@@ -67,11 +63,7 @@ def train_step(lib: str, data_name: str, seed: int = 0) -> Callable[[], None]:
         x = dequantize(x_train[torch.randint(0, len(x_train), (64,), generator=g)], g)
         if lib == "normflows":  # ours converts inside each conditioner
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = -model.log_prob(x).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-        optimizer.step()
+        train_step(model, optimizer, x)
 
     return step
 
@@ -91,7 +83,7 @@ def split(step: Callable[[], None], steps: int) -> dict[str, float]:
 
 
 def measure(data_name: str, libs: list[str], rounds: int, per: int, profile_steps: int) -> dict:
-    steps = {lib: train_step(lib, data_name) for lib in libs}
+    steps = {lib: step_of(lib, data_name) for lib in libs}
     for step in steps.values():  # warm-up
         for _ in range(3):
             step()

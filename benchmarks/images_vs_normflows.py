@@ -50,7 +50,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 import realnvp.nn
 from realnvp.data.images import load_images
-from realnvp.models import MultiScaleRealNVP, dequantize
+from realnvp.models import MultiScaleRealNVP, bits_per_dim, dequantize
 from realnvp.training.loop import batch_indices, make_optimizer
 
 #: the convolutions' memory layouts (``--memory-format``)
@@ -139,6 +139,35 @@ def normflows_model(shape, levels: int, scales: int, hidden: int, blocks: int) -
             return self.model.log_prob(x / levels, None) - dims * log_k
 
     return PixelUnits()
+
+
+def build_model(
+    lib: str, variant: str, data, scales: int, channels: int, blocks: int, layout
+) -> nn.Module:
+    """``lib``'s model for images like ``data``: ours (``VARIANTS[variant]``) or normflows'
+    (its convolutions' weights converted to ``layout``; ours converts in each conditioner)."""
+    if lib == "ours":
+        return MultiScaleRealNVP(
+            data.shape, data.levels, scales, channels, blocks, **VARIANTS[variant]
+        )
+    model = normflows_model(data.shape, data.levels, scales, channels, blocks)
+    return model.to(memory_format=layout)
+
+
+def train_step(model: nn.Module, optimizer, x: Tensor, scale_l2: float = 0.0) -> bool:
+    """One step of the loop on the batch ``x``: the mean NLL (plus ours' recipe L2 when
+    ``scale_l2``), gradient-norm clip 100, Adam. False, with nothing updated, when the loss is
+    not finite, so a diverging model is reported, not hidden."""
+    loss = -model.log_prob(x).mean()
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return False
+    if scale_l2:  # ours: the recipe's L2 (MultiScaleRealNVP.recipe.scale_l2)
+        loss = loss + scale_l2 * model.regularization()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+    optimizer.step()
+    return True
 
 
 def figure(jsonl: str, png: str) -> None:
@@ -273,7 +302,7 @@ def main() -> None:
             f.write(json.dumps(result) + "\n")
 
 
-def bits_per_dim(model: nn.Module, x: Tensor, dims: int) -> Tensor:
+def image_bits_per_dim(model: nn.Module, x: Tensor, dims: int) -> Tensor:
     """Each image's bits/dim under ``model`` in evaluation mode, in batches of 500; the model's
     mode is put back after."""
     mode = model.training
@@ -281,7 +310,7 @@ def bits_per_dim(model: nn.Module, x: Tensor, dims: int) -> Tensor:
     with torch.no_grad():
         nll = torch.cat([-model.log_prob(b) for b in x.split(500)])
     model.train(mode)
-    return nll / (dims * math.log(2))
+    return bits_per_dim(-nll, dims)
 
 
 class Selection:
@@ -296,10 +325,10 @@ class Selection:
     def point(self, seconds: float, step: int) -> list:
         """``[seconds, step, test bits/dim]``, then (best-val) the last weights' test bits/dim,
         the best validation bits/dim and its step."""
-        last = bits_per_dim(self.model, self.x_test, self.dims).mean().item()
+        last = image_bits_per_dim(self.model, self.x_test, self.dims).mean().item()
         if self.x_val is None:
             return [round(seconds, 1), step, round(last, 4)]
-        val = bits_per_dim(self.model, self.x_val, self.dims).mean().item()
+        val = image_bits_per_dim(self.model, self.x_val, self.dims).mean().item()
         if val < self.best_val:
             self.best_val, self.best_step, self.best_test = val, step, last
             self.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -316,7 +345,7 @@ class Selection:
         """The selected weights' test bits/dim per image (the model keeps them)."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        return bits_per_dim(self.model, self.x_test, self.dims)
+        return image_bits_per_dim(self.model, self.x_test, self.dims)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -326,18 +355,9 @@ def run(args: argparse.Namespace) -> dict:
     layout = FORMATS[args.memory_format]
     realnvp.nn.CONV_MEMORY_FORMAT = layout
     data = load_images(args.data)
-    if args.lib == "ours":
-        model = MultiScaleRealNVP(
-            data.shape,
-            data.levels,
-            args.scales,
-            args.channels,
-            args.blocks,
-            **VARIANTS[args.variant],
-        )
-    else:
-        model = normflows_model(data.shape, data.levels, args.scales, args.channels, args.blocks)
-        model.to(memory_format=layout)
+    model = build_model(
+        args.lib, args.variant, data, args.scales, args.channels, args.blocks, layout
+    )
     params = sum(p.numel() for p in model.parameters())
     if args.compile == "regional":
         compile_conditioners(model, args.lib)
@@ -368,15 +388,7 @@ def run(args: argparse.Namespace) -> dict:
         x = dequantize(x_train[next(batches)], noise)
         if args.lib == "normflows":  # ours converts inside each conditioner
             x = x.contiguous(memory_format=layout)
-        loss = -model.log_prob(x).mean()
-        optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            if args.scale_l2:  # ours: the recipe's L2 (MultiScaleRealNVP.recipe.scale_l2)
-                loss = loss + args.scale_l2 * model.regularization()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-            optimizer.step()
-        else:
+        if not train_step(model, optimizer, x, args.scale_l2):
             nonfinite += 1  # skipped, so a diverging model is reported, not hidden
         if schedule is not None:
             schedule.step()
@@ -409,7 +421,7 @@ def run(args: argparse.Namespace) -> dict:
         **({"scale_l2": args.scale_l2} if args.scale_l2 else {}),
         **({"budget_seconds": args.seconds, "curve": curve} if args.seconds else {}),
         **({"select": select, "best_step": selection.best_step} if x_val is not None else {}),
-        "optimizer": "adam-fused",
+        "optimizer": "adam-fused" if optimizer.defaults.get("fused") else "adam-foreach",
         "memory_format": args.memory_format,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
