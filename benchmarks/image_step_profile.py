@@ -18,11 +18,13 @@ the learning rate constant; neither changes a step's work.
 
     python benchmarks/image_step_profile.py --data digits mnist5k \
         --out benchmarks/results/image_step_profile.jsonl
+    python benchmarks/image_step_profile.py --report benchmarks/results/image_step_profile.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -113,6 +115,32 @@ def measure(data_name: str, libs: list[str], rounds: int, per: int, profile_step
     return {"data": data_name, "shape": SHAPES[data_name], "libs": result}
 
 
+def report(path: Path) -> str:
+    """README's table from the records in ``path``: per data set, each run's steps/s ratio to
+    normflows, and under the profiler the convolutions' share of each step and ours's
+    convolution and other time over normflows'."""
+    lines = [
+        "| data | run | lib | steps/s / normflows | convolutions' share "
+        "| convolutions / normflows' | rest / normflows' |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    runs: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        run = runs[r["data"]] = runs.get(r["data"], 0) + 1
+        nf = r["libs"]["normflows"]["profiled_ms"]
+        for lib, m in r["libs"].items():
+            ms = m["profiled_ms"]
+            ratios = [
+                f"{m.get('vs_normflows', 1.0):.2f}",
+                f"{ms['conv'] / ms['total']:.0%}",
+                f"{ms['conv'] / nf['conv']:.2f}",
+                f"{ms['rest'] / nf['rest']:.2f}",
+            ]
+            lines.append(f"| {r['data']} | {run} | {lib} | " + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", default=list(SHAPES))
@@ -122,7 +150,11 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--report", type=Path, metavar="JSONL", help="print the table of JSONL")
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report))
+        return
     if "normflows" not in args.libs:
         parser.error("--libs needs normflows, the reference")
     torch.set_num_threads(args.threads)

@@ -170,6 +170,34 @@ def train_step(model: nn.Module, optimizer, x: Tensor, scale_l2: float = 0.0) ->
     return True
 
 
+def latest_curves(jsonl: str) -> dict[tuple[str, str], dict]:
+    """The last ``--seconds`` run of each (data set, library and variant) in ``jsonl``."""
+    runs: dict[tuple[str, str], dict] = {}
+    for line in Path(jsonl).read_text().splitlines():
+        r = json.loads(line)
+        if r.get("curve"):
+            label = r["lib"] + (f" ({r['variant']})" if "variant" in r else "")
+            runs[(r["data"], label)] = r
+    return runs
+
+
+def table(jsonl: str, points: int = 4) -> str:
+    """README's table of the runs ``figure`` draws: steps/s, the test bits/dim at the first
+    ``points`` evaluations and at the end (± its standard error over the test images)."""
+    runs = latest_curves(jsonl)
+    first = next(iter(runs.values()))["curve"][:points]
+    times = " | ".join(f"{p[0]:.0f} s" for p in first)
+    lines = [
+        f"| data | model | steps/s | {times} | end |",
+        "|---|---|---|" + "---|" * points + "---|",
+    ]
+    for (data, label), r in sorted(runs.items()):
+        at = " | ".join(f"{p[2]:.3f}" for p in r["curve"][:points])
+        end = f"{r['test_bits_per_dim']:.3f} ± {r['test_bits_per_dim_se']:.3f}"
+        lines.append(f"| {data} | {label} | {r['steps_per_second']:.2f} | {at} | {end} |")
+    return "\n".join(lines)
+
+
 def figure(jsonl: str, png: str) -> None:
     """Test bits/dim against seconds of training, one axis per data set, one line per run of
     ``--seconds`` in ``jsonl`` (the last of each library, variant and data set).
@@ -179,12 +207,7 @@ def figure(jsonl: str, png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs: dict[tuple[str, str], dict] = {}
-    for line in Path(jsonl).read_text().splitlines():
-        r = json.loads(line)
-        if r.get("curve"):
-            label = r["lib"] + (f" ({r['variant']})" if "variant" in r else "")
-            runs[(r["data"], label)] = r
+    runs = latest_curves(jsonl)
     data = sorted({d for d, _ in runs})
     fig, axes = plt.subplots(1, len(data), figsize=(5.5 * len(data), 4.2), squeeze=False)
     for ax, name in zip(axes[0], data, strict=True):
@@ -286,9 +309,15 @@ def main() -> None:
         metavar=("JSONL", "PNG"),
         help="draw test bits/dim against training seconds from the --seconds runs of JSONL",
     )
+    parser.add_argument(
+        "--table", metavar="JSONL", help="print the table of the --seconds runs of JSONL"
+    )
     args = parser.parse_args()
     if args.figure:
         figure(*args.figure)
+        return
+    if args.table:
+        print(table(args.table))
         return
     if args.lib != "ours" and (args.variant != "paper" or args.scale_l2):
         parser.error("--variant and --scale-l2 are options of ours: use them with --lib ours")
