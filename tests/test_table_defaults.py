@@ -29,6 +29,16 @@ def test_a_larger_table_never_gets_a_smaller_model_or_batch(small: int, large: i
     (m_small, r_small), (m_large, r_large) = table_sizes(small, 4), table_sizes(large, 4)
     assert m_small["hidden_features"] <= m_large["hidden_features"]
     assert r_small["batch_size"] <= r_large["batch_size"]
+    assert r_small["weight_decay"] >= r_large["weight_decay"]
+
+
+def test_weight_decay_is_the_measured_one_up_to_its_table_and_falls_as_one_over_the_rows() -> None:
+    """3e-3 was chosen on 11,200 training rows; beyond them a fixed Gaussian prior on the
+    weights (Adam's L2) weighs 1 / rows in the mean loss, so the decay falls with the rows."""
+    decay = {rows: table_sizes(rows, 4)[1]["weight_decay"] for rows in (300, 11_200, 22_400)}
+    assert decay[300] == decay[11_200] == 3e-3
+    assert decay[22_400] == pytest.approx(1.5e-3)
+    assert table_sizes(112_000, 2)[1]["weight_decay"] == pytest.approx(3e-4)
 
 
 @pytest.mark.parametrize("rows", ROWS)
