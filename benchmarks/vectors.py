@@ -763,6 +763,9 @@ def ttq_table(rows: list[dict], k: int, ours: str = DEFAULTS[1]) -> list[str]:
     for (label, _), r in newest.items():
         by.setdefault(label, []).append(r)
     ours = next((ttq_label(r) for r in reversed(t) if r["lib"] == ours), ours)
+    # the newest default first, an earlier default's runs after it, then the peers
+    order = {label: 1 for label in by if label.startswith(DEFAULT)} | {ours: 0}
+    by = dict(sorted(by.items(), key=lambda item: order.get(item[0], 2)))
     heads = " | ".join(f"s to {x} (got there) | steps" for x in TARGETS)
     lines = [
         "",
