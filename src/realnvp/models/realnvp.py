@@ -365,10 +365,10 @@ def table_sizes(
     - Weight decay beyond that table's size: ``3e-3 * 11,200 / rows`` (two significant
       digits), so larger tables are held less. Adam's L2 is a Gaussian prior on the weights,
       and a fixed prior weighs ``1 / rows`` in the mean loss over the rows. On two moons'
-      20,000 rows, 3e-3 held the defaults 0.010 to 0.014 nats from the exact NLL after 5,000
-      steps (3 seeds); with 1.7e-3 they come within 0.01 (``benchmarks/vectors.py --ttq
-      realnvp-default-compile``, README's Performance section). Smaller tables keep 3e-3:
-      what was measured there.
+      20,000 rows, 3e-3 left the defaults 0.009 to 0.014 nats from the exact NLL after 5,000
+      steps (3 seeds; within 0.01 in one); with 1.7e-3, 0.007 to 0.009, within 0.01 in all
+      three (``benchmarks/vectors.py --ttq realnvp-default-compile``, README's Performance
+      section). Smaller tables keep 3e-3: what was measured there.
 
     - Conditional tables (``conditional``, ``p(x | c)``): the same, with a ``ContextAffine``
       first (``context_affine``), because a spline maps ``[-B, B]`` onto itself and so cannot
