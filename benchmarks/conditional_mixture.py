@@ -83,7 +83,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from records import log, versions
+from records import log, read, versions
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
@@ -399,7 +399,7 @@ def run(models: list[str], seeds: list[int], steps: int, out: Path | None) -> No
 
 
 def report(paths: list[str]) -> str:
-    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line]
+    rows = read(paths)
     rows = [r for r in rows if r.get("kind") == "result"]
     lines = [
         "| model | seed | steps | params | test NLL | exact NLL | gap ± paired SE | best step "

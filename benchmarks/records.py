@@ -35,3 +35,8 @@ def log(out: Path | None, record: dict) -> None:
     if out is not None:
         with open(out, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def read(paths: list[str]) -> list[dict]:
+    """Every record of the JSON-lines files ``paths``, in order."""
+    return [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line]

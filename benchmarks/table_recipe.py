@@ -25,7 +25,6 @@ processes can share the work).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from records import log, versions
+from records import log, read, versions
 from tables import KNOWN_STEPS, known_log_prob, load, splits
 
 from realnvp.data.rounding import dequantize, rounding_steps
@@ -92,7 +91,7 @@ def run(recipes: list[str], seeds: list[int], out: Path | None) -> None:
 
 
 def report(paths: list[str]) -> str:
-    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line]
+    rows = read(paths)
     latest = {(r["recipe"], r["seed"]): r for r in rows if r.get("kind") == "result"}
     sized = RealNVP.recipe_for((11_200, 4))
     default = {"ema": sized.ema, "weight_decay": sized.weight_decay}

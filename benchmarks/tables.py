@@ -75,7 +75,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from records import log, versions
+from records import log, read, versions
 
 from realnvp.data.rounding import dequantize, rounding_steps
 
@@ -388,7 +388,7 @@ def run(tables: list[str], models: list[str], out: Path | None, label: str) -> N
 
 
 def report(paths: list[str], label: str | None = None) -> str:
-    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line]
+    rows = read(paths)
     runs = [r for r in rows if r.get("kind") == "run" and label in (None, r.get("label"))]
     rows = [r for r in rows if r.get("kind") == "result"]
     if label is not None:

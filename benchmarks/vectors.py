@@ -27,7 +27,6 @@ Performance section gives the commands behind ``results/vectors.jsonl``; then
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
@@ -39,7 +38,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from records import log
+from records import log, read
 from torch import nn
 
 from realnvp import RealNVP
@@ -831,7 +830,7 @@ def gradients_table(rows: list[dict]) -> list[str]:
 
 
 def report(paths: list[str], ours: str = "realnvp-compile") -> str:
-    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line]
+    rows = read(paths)
     lines: list[str] = []
     for k in sorted({r["K"] for r in rows if "K" in r}):
         lines += throughput_table(rows, k, ours) + quality_table(rows, k) + ttq_table(rows, k)
