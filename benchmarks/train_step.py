@@ -10,9 +10,11 @@ initialisation on the same batches:
 - ``compiled-adam``: the same with Adam's step compiled too (``torch.compile(opt.step)``, on
   the multi-tensor Adam, as PyTorch's tutorial on compiling the optimizer does);
 - ``whole-step``: the forward, backward and Adam step as one ``torch.compile``d function, the
-  backward traced by compiled autograd (``torch._dynamo.config.compiled_autograd``), Adam the
-  multi-tensor one (Dynamo fails to trace the fused one on torch 2.13: "Expected scalars to be
-  on CPU, got meta");
+  backward traced by compiled autograd (``torch._dynamo.config`` ``compiled_autograd`` and
+  ``trace_autograd_ops``), Adam the multi-tensor one (Dynamo fails to trace the fused one on
+  torch 2.13: "Expected scalars to be on CPU, got meta"). Dynamo still splits it: ``--check``
+  counts 5 graph breaks on torch 2.13 (the optimizer's own ``torch._dynamo.graph_break()``
+  calls, a skipped function, ``autograd.grad`` consuming the returned tensor's grad_fn);
 - ``max-autotune``: ``flow.compile(mode="max-autotune")``, Inductor choosing among its own
   matrix-multiply kernels, fused Adam.
 
@@ -30,14 +32,14 @@ beat; and ``vectors.gemm_limit``'s square-only limit. Steps/s are medians of int
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from records import log, versions
+from records import log, read, versions
 from torch.nn import functional as F
 from vectors import BATCH, HIDDEN, batches, gemm_limit, moons_data
 
@@ -73,9 +75,10 @@ def step_of(variant: str, k: int) -> tuple[Callable[[torch.Tensor], torch.Tensor
         whole = torch.compile(step)
 
         def step(x: torch.Tensor) -> torch.Tensor:
-            # compiled autograd for this function's calls only: turned on for good, it made
-            # the other variants' compiled Adam recompile, and fail, on torch 2.13
-            with torch._dynamo.config.patch(compiled_autograd=True):
+            # for this function's calls only: turned on for good, compiled autograd made the
+            # other variants' compiled Adam recompile, and fail, on torch 2.13; without
+            # trace_autograd_ops Dynamo breaks the graph at .backward()
+            with torch._dynamo.config.patch(compiled_autograd=True, trace_autograd_ops=True):
                 return whole(x)
 
     return step, flow
@@ -85,7 +88,8 @@ def gemms(k: int) -> Callable[[torch.Tensor], None]:
     """The matrix multiplies of one training step at batch 512 and nothing else: per coupling
     (B,1)@(1,128), (B,128)@(128,128), (B,128)@(128,2) forward, with their biases (``addmm``,
     as ``nn.Linear`` runs them), and the backward's (B,128)@(128,128) and (128,B)@(B,128) of the
-    square layer, (B,2)@(2,128) and (2,B)@(B,128) of the last, (128,B)@(B,1) of the first."""
+    square layer, (B,2)@(2,128) and (2,B)@(B,128) of the last, (128,B)@(B,1) and (B,128)@(128,1)
+    of the first (its input's gradient flows on to the coupling before)."""
     g = torch.Generator().manual_seed(0)
     w1 = torch.randn(HIDDEN, 1, generator=g)
     w = torch.randn(HIDDEN, HIDDEN, generator=g) / 11
@@ -99,7 +103,7 @@ def gemms(k: int) -> Callable[[torch.Tensor], None]:
             h1 = F.linear(a, w1, b)
             h2 = F.linear(h1, w, b)
             F.linear(h2, w2, b2)
-            grad @ w, grad.T @ h1, grad2 @ w2, grad2.T @ h2, grad.T @ a
+            grad @ w, grad.T @ h1, grad2 @ w2, grad2.T @ h2, grad.T @ a, grad @ w1
 
     return run
 
@@ -110,7 +114,7 @@ def measure(args: argparse.Namespace) -> None:
     idx = batches(len(x_train), args.warmup + args.steps)
     head = {"kind": "meta", "K": args.K, "threads": args.threads} | versions()
     log(args.out, head | {"time": time.strftime("%Y-%m-%d %H:%M")})
-    key = {"K": args.K, "threads": args.threads}
+    key = {"K": args.K, "threads": args.threads, "run": time.strftime("%Y-%m-%d %H:%M:%S")}
     steps: dict[str, Callable[[torch.Tensor], object]] = {}
     for variant in args.variants:
         step, _ = step_of(variant, args.K)
@@ -135,52 +139,70 @@ def measure(args: argparse.Namespace) -> None:
         log(args.out, {"kind": "limit", **key, "rep": rep, "train_steps_per_s": limit})
 
 
-def losses_agree(k: int, steps: int = 20) -> dict[str, float]:
-    """Each variant's loss after ``steps`` steps on the same batches: they train the same model
-    (to float32 round-off and the compilers' reordering), so a variant that is faster by doing
-    something else shows here."""
+def losses_agree(k: int, steps: int = 20) -> dict[str, dict[str, float]]:
+    """Each variant's loss after ``steps`` steps on the same batches, and the graph breaks
+    Dynamo counted while it trained: the variants train the same model (to float32 round-off
+    and the compilers' reordering), so one that is faster by doing something else shows here,
+    and ``whole-step`` is one graph only if it has no break."""
+    from torch._dynamo.utils import counters
+
     x_train = moons_data()[0]
     idx = batches(len(x_train), steps)
     out = {}
     for variant in VARIANTS:
+        counters.clear()
         step, _ = step_of(variant, k)
         losses = [step(x_train[b]).item() for b in idx]
-        out[variant] = losses[-1]
+        breaks = sum(counters["graph_break"].values())
+        out[variant] = {"loss": losses[-1], "graph_breaks": breaks}
     return out
 
 
+def paired(timed: list[dict], limits: dict[int, float], variant: str, base: str) -> float:
+    """The median over the repeats of ``variant``'s steps/s over ``base``'s in the same repeat
+    (``base`` "limit": over the repeat's ``gemm_limit``); NaN where either is missing."""
+    by = {(r["variant"], r["rep"]): r["steps_per_s"] for r in timed}
+    ratios = [
+        value / (limits[rep] if base == "limit" else by[(base, rep)])
+        for (v, rep), value in by.items()
+        if v == variant and ((base, rep) in by or (base == "limit" and rep in limits))
+    ]
+    return statistics.median(ratios) if ratios else math.nan
+
+
 def report(paths: list[str]) -> str:
-    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line]
+    """Per (K, threads) the newest run's medians, each ratio paired within a repeat."""
+    rows = read(paths)
+    runs = [r for r in rows if r["kind"] in ("step", "limit", "warmup") and "run" in r]
+    newest = {(r["K"], r["threads"]): r["run"] for r in runs}  # the file's last run of each
     lines = []
-    for k, threads in sorted({(r["K"], r["threads"]) for r in rows if r["kind"] == "step"}):
-        mine = [r for r in rows if r["K"] == k and r.get("threads") == threads]
+    for (k, threads), run in sorted(newest.items()):
+        mine = [r for r in runs if (r["K"], r["threads"], r["run"]) == (k, threads, run)]
         timed = [r for r in mine if r["kind"] == "step"]
-        rate = {
-            v: statistics.median(r["steps_per_s"] for r in timed if r["variant"] == v)
-            for v in dict.fromkeys(r["variant"] for r in timed)
-        }
+        limits = {r["rep"]: r["train_steps_per_s"] for r in mine if r["kind"] == "limit"}
         warm = {r["variant"]: r["seconds"] for r in mine if r["kind"] == "warmup"}
-        limit = statistics.median(r["train_steps_per_s"] for r in mine if r["kind"] == "limit")
-        reps = sum(r["kind"] == "step" and r["variant"] == "compiled" for r in mine)
         lines += [
-            f"### K = {k}, batch {BATCH}, {threads} thread(s) (median of {reps} interleaved "
-            "repeats)",
+            f"### K = {k}, batch {BATCH}, {threads} thread(s), run of {run} (medians over "
+            f"{len(limits)} interleaved repeats; each ratio within a repeat)",
             "",
-            "| variant | train steps/s | / compiled | % of the step's matrix multiplies "
-            "| % of the square-only limit | warm-up s |",
+            "| variant | train steps/s | / compiled | / the step's matrix multiplies "
+            "| / the square-only limit | warm-up s |",
             "|---|---|---|---|---|---|",
         ]
-        for v, value in rate.items():
-            lines.append(
-                f"| {v} | {value:.1f} | {value / rate['compiled']:.2f} | "
-                f"{100 * value / rate['gemms']:.0f}% | {100 * value / limit:.0f}% | "
-                + (f"{warm[v]:.1f} |" if v in warm else " |")
-            )
-        lines += [f"| square-only limit (`gemm_limit`) | {limit:.1f} | | | 100% | |", ""]
+        for v in dict.fromkeys(r["variant"] for r in timed):
+            rate = statistics.median(r["steps_per_s"] for r in timed if r["variant"] == v)
+            ratios = [paired(timed, limits, v, base) for base in ("compiled", "gemms", "limit")]
+            cells = [f"{rate:.1f}"] + [f"{x:.2f}" for x in ratios]
+            lines.append(f"| {v} | " + " | ".join(cells) + f" | {warm.get(v, math.nan):.1f} |")
+        limit = statistics.median(limits.values())
+        lines += [f"| square-only limit (`gemm_limit`) | {limit:.1f} | | | 1.00 | |", ""]
     for r in rows:
         if r["kind"] == "check":
-            losses = ", ".join(f"{v} {x:.7f}" for v, x in r["loss_after_20_steps"].items())
-            lines.append(f"`--check`, K = {r['K']}: the loss after 20 steps: {losses}.")
+            cells = [
+                f"{v} {x['loss']:.7f} ({x['graph_breaks']} graph breaks)"
+                for v, x in r["after_20_steps"].items()
+            ]
+            lines.append(f"`--check`, K = {r['K']}: the loss after 20 steps: {', '.join(cells)}.")
     return "\n".join(lines)
 
 
@@ -199,7 +221,7 @@ def main() -> None:
     if args.report:
         print(report(args.report))
     elif args.check:
-        log(args.out, {"kind": "check", "K": args.K, "loss_after_20_steps": losses_agree(args.K)})
+        log(args.out, {"kind": "check", "K": args.K, "after_20_steps": losses_agree(args.K)})
     else:
         measure(args)
 
