@@ -40,10 +40,11 @@ PEERS = (
 MEASURES = ("train_steps_per_s", "log_prob_per_s", "sample_per_s")
 
 
-def units(name: str, k: int, block: int) -> dict[str, tuple[Callable[[], object], int]]:
-    """The three timed units of library ``name`` (each a call and the work it does), warmed up
-    (compiled) once."""
-    x_train, _, x_big, _ = moons_data()
+def units(
+    name: str, k: int, block: int, x_train: torch.Tensor, x_big: torch.Tensor
+) -> dict[str, tuple[Callable[[], object], int]]:
+    """The three timed units of library ``name`` on ``vectors.moons_data``'s training and big
+    batches (each a call and the work it does), warmed up (compiled) once."""
     torch.manual_seed(0)
     model = MODELS[name](k)
     opt = model.optimizer()
@@ -73,7 +74,8 @@ def measure(args: argparse.Namespace) -> None:
     head = {"kind": "meta", "K": args.K, "threads": args.threads, "libs": libs} | versions()
     run = time.strftime("%Y-%m-%d %H:%M:%S")
     log(args.out, head | {"run": run})
-    timed = {name: units(name, args.K, args.block) for name in libs}
+    x_train, _, x_big, _ = moons_data()
+    timed = {name: units(name, args.K, args.block, x_train, x_big) for name in libs}
     for r in range(args.rounds):
         order = libs[r % len(libs) :] + libs[: r % len(libs)]
         record: dict = {"kind": "round", "K": args.K, "run": run, "round": r}

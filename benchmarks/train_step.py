@@ -49,8 +49,8 @@ from realnvp.training.loop import make_optimizer
 VARIANTS = ("compiled", "compiled-adam", "whole-step", "max-autotune")
 
 
-def step_of(variant: str, k: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], RealNVP]:
-    """One training step ``x -> loss`` of a fresh K-coupling model (seed 0), and the model."""
+def step_of(variant: str, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One training step ``x -> loss`` of a fresh K-coupling model (seed 0)."""
     torch.manual_seed(0)
     flow = RealNVP(2, num_layers=k, hidden_features=HIDDEN)
     if variant in ("compiled-adam", "whole-step"):  # Dynamo traces the multi-tensor Adam
@@ -81,7 +81,7 @@ def step_of(variant: str, k: int) -> tuple[Callable[[torch.Tensor], torch.Tensor
             with torch._dynamo.config.patch(compiled_autograd=True, trace_autograd_ops=True):
                 return whole(x)
 
-    return step, flow
+    return step
 
 
 def gemms(k: int) -> Callable[[torch.Tensor], None]:
@@ -117,7 +117,7 @@ def measure(args: argparse.Namespace) -> None:
     key = {"K": args.K, "threads": args.threads, "run": time.strftime("%Y-%m-%d %H:%M:%S")}
     steps: dict[str, Callable[[torch.Tensor], object]] = {}
     for variant in args.variants:
-        step, _ = step_of(variant, args.K)
+        step = step_of(variant, args.K)
         start = time.perf_counter()
         for b in idx[: args.warmup]:
             step(x_train[b])
@@ -151,7 +151,7 @@ def losses_agree(k: int, steps: int = 20) -> dict[str, dict[str, float]]:
     out = {}
     for variant in VARIANTS:
         counters.clear()
-        step, _ = step_of(variant, k)
+        step = step_of(variant, k)
         losses = [step(x_train[b]).item() for b in idx]
         breaks = sum(counters["graph_break"].values())
         out[variant] = {"loss": losses[-1], "graph_breaks": breaks}
